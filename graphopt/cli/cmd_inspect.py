@@ -1,0 +1,86 @@
+"""``graphopt inspect MODEL``: what the captured graph holds and what it costs."""
+from __future__ import annotations
+
+import json
+import sys
+
+from graphopt.cli.common import add_model_args, load_and_capture, progress_from
+from graphopt.cost import DEVICES, get_device, roofline_seconds
+
+ORDER = 10
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inspect", help="nodes, FLOPs, parameter and activation bytes, op mix",
+                       description="Capture MODEL and report its graph: node counts, FLOPs, "
+                       "parameter/activation bytes, the op histogram and a roofline time "
+                       "estimate on a device.")
+    add_model_args(p)
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table for people (default), json for scripts")
+    p.add_argument("--device", choices=sorted(DEVICES), default="h100",
+                   help="device spec for the roofline estimate (default h100)")
+    p.add_argument("--nodes", action="store_true", help="include every node in the JSON output")
+    p.add_argument("--top", type=int, default=15, help="op histogram rows in the table "
+                   "(default 15)")
+    p.set_defaults(func=run)
+
+
+def report(graph, device_name: str, with_nodes: bool = False) -> dict:
+    device = get_device(device_name)
+    est = sum(roofline_seconds(i.flops, i.bytes_read + i.bytes_written, i.op_class,
+                               i.dtype or "float32", device) for i in graph.compute_nodes())
+    data = graph.summary()
+    data["device"] = device.name
+    data["estimated_seconds"] = est
+    if with_nodes:
+        data["nodes_detail"] = [i.to_dict() for i in graph.nodes()]
+    return data
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.2f} MiB"
+
+
+def _print_table(data: dict, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = Console(file=sys.stdout, soft_wrap=True)
+    t = Table(title=f"graphopt inspect {data['model']}", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value", justify="right")
+    rows = [("capture mode", data["capture_mode"]),
+            ("capture time", f"{data['capture_seconds']:.2f} s"),
+            ("nodes", f"{data['nodes']:,}"), ("compute nodes", f"{data['compute_nodes']:,}"),
+            ("edges", f"{data['edges']:,}"), ("FLOPs", f"{data['flops']:,} "
+                                                        f"({data['flops'] / 1e9:.3f} GFLOP)"),
+            ("parameter bytes", _mib(data["param_bytes"])),
+            ("input bytes", _mib(data["input_bytes"])),
+            ("activation bytes", _mib(data["activation_bytes"])),
+            (f"roofline time ({data['device']})", f"{data['estimated_seconds'] * 1e3:.3f} ms")]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    h = Table(title="op histogram")
+    h.add_column("op")
+    h.add_column("count", justify="right")
+    items = list(data["op_histogram"].items())
+    for op, count in items[:top]:
+        h.add_row(op, str(count))
+    if len(items) > top:
+        h.add_row(f"... {len(items) - top} more ops", str(sum(c for _, c in items[top:])))
+    console.print(h)
+    for note in data["notes"]:
+        console.print(f"note: {note}", style="dim")
+
+
+def run(args) -> int:
+    progress = progress_from(args)
+    _, graph = load_and_capture(args, progress)
+    data = report(graph, args.device, with_nodes=args.nodes)
+    if args.format == "json":
+        json.dump(data, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        _print_table(data, args.top)
+    return 0

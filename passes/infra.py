@@ -1,0 +1,212 @@
+"""The pass interface, its context and instruments, the registry, and the pass manager.
+
+A pass is any callable ``(graph, ctx) -> PassResult``. Passes never print or write files: the
+context's instruments do (timing, per-pass dumps), so a pass stays a pure graph transformation
+that tests can call directly. The manager checks the graph's invariants after every pass and
+names the failing pass, and the passes that ran before it, in any error.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from graphopt.errors import GraphoptError
+from graphopt.graph import Graph
+
+__all__ = ["PassResult", "PassContext", "PassRecord", "Instrument", "TimingInstrument",
+           "DumpInstrument", "PassManager", "PassError", "register_pass", "get_pass", "PASSES",
+           "check_invariants"]
+
+
+@dataclass
+class PassResult:
+    """What a pass hands back: the (possibly new) graph, whether it changed, and its numbers."""
+
+    graph: Graph
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass(Protocol):
+    def __call__(self, graph: Graph, ctx: "PassContext") -> PassResult: ...
+
+
+@dataclass
+class PassRecord:
+    """Provenance of one pass run: kept on the context so reports can show the whole history."""
+
+    name: str
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    modified: bool
+    stats: dict[str, Any]
+
+
+class Instrument:
+    """Hooks around every pass; subclass and override what you need."""
+
+    def before_pass(self, name: str, graph: Graph, ctx: "PassContext") -> None: ...
+
+    def after_pass(self, name: str, result: PassResult, record: PassRecord,
+                   ctx: "PassContext") -> None: ...
+
+
+class TimingInstrument(Instrument):
+    """Collects seconds per pass name (summed over repeated runs)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def after_pass(self, name, result, record, ctx) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + record.seconds
+
+
+class DumpInstrument(Instrument):
+    """Writes each pass's output graph as ``NN_<pass>.json`` and ``.dot`` into a directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.count = 0
+
+    def before_pass(self, name, graph, ctx) -> None:
+        if self.count == 0:
+            self._dump("input", graph)
+
+    def after_pass(self, name, result, record, ctx) -> None:
+        self._dump(name, result.graph)
+
+    def _dump(self, name: str, graph: Graph) -> None:
+        from graphopt.export import to_dot, write_json
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stem = self.directory / f"{self.count:02d}_{name}"
+        write_json(graph, stem.with_suffix(".json"))
+        stem.with_suffix(".dot").write_text(to_dot(graph))
+        self.count += 1
+
+
+@dataclass
+class PassContext:
+    """Everything a pass may consult besides the graph: options, seed, device, instruments.
+
+    Example:
+        >>> ctx = PassContext(options={"k": 4}, seed=0, instruments=[TimingInstrument()])
+        >>> graph = PassManager(["eliminate_dead_code"]).run(graph, ctx)
+    """
+
+    options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "h100"
+    instruments: list[Instrument] = field(default_factory=list)
+    disabled: set[str] = field(default_factory=set)
+    history: list[PassRecord] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # plans passes hand to later stages
+
+    def option(self, key: str, default=None):
+        return self.options.get(key, default)
+
+
+class PassError(GraphoptError):
+    """A pass failed or broke an invariant; the message names it and the passes before it."""
+
+
+PASSES: dict[str, Callable[..., PassResult]] = {}
+
+
+def register_pass(name: str):
+    """Register a pass under a name the pipeline, CLI and backend select by."""
+    def deco(fn):
+        if name in PASSES and PASSES[name] is not fn:
+            raise ValueError(f"pass {name!r} registered twice")
+        PASSES[name] = fn
+        fn.pass_name = name
+        return fn
+    return deco
+
+
+def get_pass(name: str):
+    import graphopt.passes  # noqa: F401 - importing registers every built-in pass
+    try:
+        return PASSES[name]
+    except KeyError:
+        raise PassError(f"unknown pass {name!r}; known: {', '.join(sorted(PASSES))}") from None
+
+
+def check_invariants(graph: Graph) -> None:
+    """Raise AssertionError if the graph is not well formed.
+
+    Checked: fx's own lint (defs before uses, valid targets), one NodeInfo per node and no stale
+    ones, and part annotations either all absent or all set on non-parameter nodes.
+    """
+    graph.gm.graph.lint()
+    names = [n.name for n in graph.fx_nodes()]
+    missing = [n for n in names if n not in graph.info]
+    assert not missing, f"nodes without cost info: {missing[:5]}"
+    stale = set(graph.info) - set(names)
+    assert not stale, f"cost info for nodes no longer in the graph: {sorted(stale)[:5]}"
+    parts = [i.part for i in graph.nodes() if not i.is_param]
+    if any(p is not None for p in parts):
+        assert all(p is not None and p >= 0 for p in parts), "some nodes have no part"
+
+
+class PassManager:
+    """Runs passes in order, optionally to a fixed point, checking invariants after each.
+
+    Args:
+        passes: pass names (looked up in the registry) or callables.
+        check: run :func:`check_invariants` after every pass.
+        fixed_point: repeat the whole list until no pass reports ``modified`` (at most
+            ``max_iterations`` times).
+    """
+
+    def __init__(self, passes: list, *, check: bool = True, fixed_point: bool = False,
+                 max_iterations: int = 10) -> None:
+        self.passes = [(p, get_pass(p)) if isinstance(p, str) else
+                       (getattr(p, "pass_name", getattr(p, "__name__", type(p).__name__)), p)
+                       for p in passes]
+        self.check = check
+        self.fixed_point = fixed_point
+        self.max_iterations = max_iterations
+
+    def run(self, graph: Graph, ctx: PassContext | None = None) -> Graph:
+        ctx = ctx or PassContext()
+        for _ in range(self.max_iterations if self.fixed_point else 1):
+            changed = False
+            for name, fn in self.passes:
+                if name in ctx.disabled:
+                    continue
+                graph, modified = self._run_one(name, fn, graph, ctx)
+                changed |= modified
+            if not changed:
+                break
+        return graph
+
+    def _run_one(self, name, fn, graph: Graph, ctx: PassContext) -> tuple[Graph, bool]:
+        before = [r.name for r in ctx.history]
+        where = f"pass {name!r}" + (f" (after {', '.join(before)})" if before else "")
+        for inst in ctx.instruments:
+            inst.before_pass(name, graph, ctx)
+        nodes_before = len(graph)
+        start = time.perf_counter()
+        try:
+            result = fn(graph, ctx)
+        except GraphoptError:
+            raise
+        except Exception as exc:
+            raise PassError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - start
+        if not isinstance(result, PassResult):
+            raise PassError(f"{where} returned {type(result).__name__}, not PassResult")
+        if self.check:
+            try:
+                check_invariants(result.graph)
+            except AssertionError as exc:
+                raise PassError(f"{where} broke a graph invariant: {exc}") from exc
+        record = PassRecord(name, seconds, nodes_before, len(result.graph), result.modified,
+                            dict(result.stats))
+        ctx.history.append(record)
+        for inst in ctx.instruments:
+            inst.after_pass(name, result, record, ctx)
+        return result.graph, result.modified
