@@ -19,6 +19,7 @@ parameter with the stage that uses it. The graph takes the flat user inputs and 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import time
 import warnings
@@ -42,12 +43,15 @@ _ASSERT_OPS = {"_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range
 
 @contextlib.contextmanager
 def quiet_torch():
-    """Silence torch's own logging and warnings while a tracer tries (and maybe fails)."""
+    """Silence torch's logging, warnings and stderr prints while a tracer tries (and maybe fails).
+
+    torch.export prints the partial graph to stderr when it fails; our error says it in one line.
+    """
     logger = logging.getLogger("torch")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
