@@ -7,6 +7,9 @@ names the failing pass, and the passes that ran before it, in any error.
 """
 from __future__ import annotations
 
+import itertools
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +19,7 @@ from graphopt.errors import GraphoptError
 from graphopt.graph import Graph
 
 __all__ = ["PassResult", "PassContext", "PassRecord", "Instrument", "TimingInstrument",
-           "DumpInstrument", "PassManager", "PassError", "register_pass", "get_pass", "PASSES",
+           "DumpInstrument", "LogInstrument", "debug_level", "PassManager", "PassError", "register_pass", "get_pass", "PASSES",
            "check_invariants"]
 
 
@@ -65,7 +68,8 @@ class TimingInstrument(Instrument):
 
 
 class DumpInstrument(Instrument):
-    """Writes each pass's output graph as ``NN_<pass>.json`` and ``.dot`` into a directory."""
+    """Writes each pass's output graph as ``NN_<pass>.json`` and ``.dot`` into a directory
+    (``.py`` with the fx code too at ``GRAPHOPT_DEBUG=3``)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -84,7 +88,45 @@ class DumpInstrument(Instrument):
         stem = self.directory / f"{self.count:02d}_{name}"
         write_json(graph, stem.with_suffix(".json"))
         stem.with_suffix(".dot").write_text(to_dot(graph))
+        if debug_level() >= 3:
+            stem.with_suffix(".py").write_text(graph.gm.code)
         self.count += 1
+
+
+class LogInstrument(Instrument):
+    """Logs each pass (name, seconds, nodes before -> after, stats) to the ``graphopt`` logger."""
+
+    def __init__(self, level: int = logging.INFO) -> None:
+        self.level = level
+        self.log = logging.getLogger("graphopt.passes")
+
+    def after_pass(self, name, result, record, ctx) -> None:
+        self.log.log(self.level, "%-22s %8.2f ms  nodes %d -> %d  %s", name, record.seconds * 1e3,
+                     record.nodes_before, record.nodes_after, record.stats)
+
+
+def debug_level() -> int:
+    """``GRAPHOPT_DEBUG``: 0 silent, 1 pass log, 2 plus graph dumps, 3 plus fx code in dumps."""
+    try:
+        return int(os.environ.get("GRAPHOPT_DEBUG", "0"))
+    except ValueError:
+        return 0
+
+
+_dump_ids = itertools.count()
+
+
+def _env_instruments() -> list:
+    level = debug_level()
+    out: list[Instrument] = []
+    if level >= 1:
+        logging.basicConfig(format="graphopt: %(message)s")
+        logging.getLogger("graphopt").setLevel(logging.DEBUG if level >= 3 else logging.INFO)
+        out.append(LogInstrument())
+    dump = os.environ.get("GRAPHOPT_DUMP_DIR") or ("graphopt_dump" if level >= 2 else None)
+    if dump:  # one sub-directory per context, so graphs of one run never overwrite another's
+        out.append(DumpInstrument(os.path.join(dump, f"{next(_dump_ids):03d}")))
+    return out
 
 
 @dataclass
@@ -99,7 +141,7 @@ class PassContext:
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "h100"
-    instruments: list[Instrument] = field(default_factory=list)
+    instruments: list[Instrument] = field(default_factory=_env_instruments)
     disabled: set[str] = field(default_factory=set)
     history: list[PassRecord] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)  # plans passes hand to later stages

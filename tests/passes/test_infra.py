@@ -81,3 +81,14 @@ def test_check_invariants_accepts_a_fresh_capture():
     g.nodes()[-1].part = 0  # partial partition annotations are an error
     with pytest.raises(AssertionError, match="no part"):
         check_invariants(g)
+
+
+def test_graphopt_debug_env_logs_and_dumps(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("GRAPHOPT_DEBUG", "2")
+    monkeypatch.setenv("GRAPHOPT_DUMP_DIR", str(tmp_path))
+    g, _ = small_graph()
+    with caplog.at_level("INFO", logger="graphopt"):
+        PassManager(["annotate_costs"]).run(g, PassContext())
+    assert any("annotate_costs" in r.getMessage() for r in caplog.records)
+    dumped = list(tmp_path.rglob("01_annotate_costs.json"))
+    assert len(dumped) == 1
