@@ -7,6 +7,8 @@ Registered through the ``torch_dynamo_backends`` entry point, so installing grap
 TorchDynamo hands over a torch-level graph; ``aot_autograd`` lowers it to ATen and splits training
 graphs into a forward and a backward graph. Each becomes a :class:`~graphopt.graph.Graph`, goes
 through the pipeline in :mod:`graphopt.pipeline`, and runs as the fx module the passes leave.
+Fused groups run as generated Triton kernels (:mod:`graphopt.kernels`): compiled on CUDA,
+through Triton's interpreter with ``triton_interpret``, or as their ATen subgraphs otherwise.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import torch
 from graphopt.errors import GraphoptError
 from graphopt.graph import Graph
 from graphopt.passes import DumpInstrument, PassContext
-from graphopt.pipeline import INFERENCE, TRAINING_BACKWARD, TRAINING_FORWARD, run_pipeline
+from graphopt.pipeline import (FUSION_STEPS, INFERENCE, TRAINING_BACKWARD, TRAINING_FORWARD,
+                               TRAINING_JOINT, run_pipeline)
 
 __all__ = ["BackendOptions", "graphopt_backend"]
 
@@ -80,13 +83,88 @@ def _context(opts: BackendOptions, graph_id: int, role: str) -> PassContext:
 
 def _compile(gm: torch.fx.GraphModule, example_inputs, *, role: str, steps: list[str],
              opts: BackendOptions, graph_id: int, param_flags: list[bool] | None = None):
-    from torch._functorch.aot_autograd import make_boxed_func
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     params = {name for name, flag in zip(placeholders, param_flags or []) if flag}
     graph = Graph(gm, name=f"graph{graph_id}_{role}", param_placeholders=params,
                   capture_mode="aot_autograd")
-    graph = run_pipeline(graph, steps, _context(opts, graph_id, role))
-    return make_boxed_func(graph.gm.forward)
+    ctx = _context(opts, graph_id, role)
+    mode = _fusion_mode(opts, example_inputs)
+    if mode is None:
+        ctx.disabled.update(FUSION_STEPS)
+    graph = run_pipeline(graph, steps, ctx)
+    if mode is not None and "fusion" in ctx.artifacts:
+        _bind_fusion(graph, ctx, mode, opts, graph_id, role)
+    return _boxed(graph.gm)
+
+
+def _fusion_mode(opts: BackendOptions, example_inputs) -> str | None:
+    """How fused groups run: ``triton`` (CUDA), ``interpret`` (Triton's interpreter), ``aten``
+    (the ATen subgraphs: CPU tensors with ``fuse=True``), or None (no fusion)."""
+    on_cuda = any(isinstance(x, torch.Tensor) and x.is_cuda for x in example_inputs)
+    if opts.fuse is False:
+        return None
+    if opts.triton_interpret:
+        return "interpret"
+    if on_cuda:
+        return "triton"
+    return "aten" if opts.fuse else None
+
+
+def _bind_fusion(graph: Graph, ctx: PassContext, mode: str, opts: BackendOptions,
+                 graph_id: int, role: str) -> None:
+    """Swap the outlined groups for their kernels; dump the plan and sources if asked."""
+    import importlib.util
+
+    from graphopt.kernels import bind_kernels, kernel_sources
+    from graphopt.kernels.report import write_fusion_dir
+    if mode != "aten" and importlib.util.find_spec("triton") is None:
+        raise GraphoptError("fused kernels need Triton: pip install triton, or pass "
+                            "options={'fuse': False}")
+    plan = ctx.artifacts["fusion"]
+    bind_kernels(graph, plan, mode)
+    if opts.dump_dir:
+        write_fusion_dir(Path(opts.dump_dir) / f"graph{graph_id}_{role}", graph.name, plan,
+                         kernel_sources(graph, plan))
+
+
+def _boxed(gm: torch.fx.GraphModule):
+    """The boxed calling convention, with code that empties the argument list as it reads it,
+    so the backward pass frees each saved activation right after its last use."""
+    from torch.fx.graph import _BoxedCodeGen
+    gm.graph.set_codegen(_BoxedCodeGen())
+    gm.recompile()
+    forward = gm.forward
+
+    def run(args):
+        return forward(args)
+
+    run._boxed_call = True
+    return run
+
+
+def _partition(joint_module: torch.fx.GraphModule, joint_inputs, *, opts: BackendOptions,
+               graph_id: int, num_fwd_outputs: int, **kwargs):
+    """aot_autograd's ``partition_fn`` under a memory budget: plan the joint graph, then split."""
+    from graphopt.export import write_atomic
+    from graphopt.memory_joint import joint_graph, split_joint
+    from graphopt.memory_liveness import analyze
+    from graphopt.memory_report import dumps, memory_report
+    graph = joint_graph(joint_module, name=f"graph{graph_id}_joint")
+    ctx = _context(opts, graph_id, "joint")
+    on_cuda = any(getattr(x, "is_cuda", False) for x in torch.utils._pytree.tree_leaves(
+        joint_inputs))
+    ctx.options.update(num_fwd_outputs=num_fwd_outputs, fuse=bool(opts.fuse) or on_cuda,
+                       remat_device=ctx.device if on_cuda else "cpu")
+    baseline = analyze(graph) if opts.dump_dir else None
+    graph = run_pipeline(graph, TRAINING_JOINT, ctx)
+    if opts.dump_dir and "remat" in ctx.artifacts:
+        plan = ctx.artifacts["memory"]
+        data = memory_report(model=graph.name, train=True, baseline=baseline,
+                             plan=plan.liveness, arena=plan.arena,
+                             total_flops=graph.total_flops, remat=ctx.artifacts["remat"],
+                             budget=opts.memory_budget)
+        write_atomic(Path(opts.dump_dir) / f"graph{graph_id}_memory.json", dumps(data))
+    return split_joint(graph, joint_inputs, num_fwd_outputs=num_fwd_outputs, **kwargs)
 
 
 def graphopt_backend(gm: torch.fx.GraphModule, example_inputs, *, mode=None, options=None):
@@ -106,5 +184,8 @@ def graphopt_backend(gm: torch.fx.GraphModule, example_inputs, *, mode=None, opt
     bw = functools.partial(_compile, role="backward", steps=TRAINING_BACKWARD, **common)
     inference = functools.partial(_compile, role="inference", steps=INFERENCE,
                                   param_flags=param_flags, **common)
-    return aot_autograd(fw_compiler=fw, bw_compiler=bw, inference_compiler=inference)(
+    extra = {}
+    if opts.memory_budget is not None:
+        extra["partition_fn"] = functools.partial(_partition, **common)
+    return aot_autograd(fw_compiler=fw, bw_compiler=bw, inference_compiler=inference, **extra)(
         gm, example_inputs)

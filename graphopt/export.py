@@ -93,7 +93,8 @@ def _label(info) -> str:
         else info.target
     shape = "x".join(map(str, info.shape)) if info.shape and all(isinstance(s, int)
                                                                    for s in info.shape) else ""
-    return f"{info.name}\\n{target}" + (f"\\n{shape}" if shape else "")
+    head = info.name if target == info.name else f"{info.name}\\n{target}"
+    return head + (f"\\n{shape}" if shape else "")
 
 
 def _tooltip(info) -> str:
@@ -102,21 +103,35 @@ def _tooltip(info) -> str:
             + (f" part={info.part}" if info.part is not None else ""))
 
 
-def to_dot(graph, *, show_params: bool = False, title: str | None = None) -> str:
+def to_dot(graph, *, show_params: bool = False, title: str | None = None,
+           part_labels: dict[int, str] | None = None) -> str:
     """DOT text. Nodes are coloured by part when the graph is partitioned, else by op class;
-    edges that cross parts are red and bold, labelled with their bytes."""
+    edges that cross parts are red and bold, labelled with their bytes. With ``part_labels``
+    each part is also drawn as a labelled box (a Graphviz cluster) around its nodes."""
     hidden = set() if show_params else {i.name for i in graph.nodes() if i.is_param}
     lines = [f'digraph "{graph.name}" {{', "  rankdir=TB;", '  node [shape=box, style="rounded,filled", '
              'fontname="Helvetica", fontsize=10];', '  edge [color="#777777"];']
     if title:
         lines.append(f'  labelloc=t; label="{title}";')
+    node_lines: dict[int | None, list[str]] = {}
     for info in graph.nodes():
         if info.name in hidden:
             continue
         color = (PART_COLORS[info.part % len(PART_COLORS)] if info.part is not None
                  else _CLASS_COLORS.get(info.op_class, "#DDDDDD"))
-        lines.append(f'  "{info.name}" [label="{_label(info)}", fillcolor="{color}", '
-                     f'tooltip="{html.escape(_tooltip(info))}"];')
+        node_lines.setdefault(info.part if part_labels else None, []).append(
+            f'  "{info.name}" [label="{_label(info)}", fillcolor="{color}", '
+            f'tooltip="{html.escape(_tooltip(info))}"];')
+    for part, group in node_lines.items():
+        if part is None:
+            lines.extend(group)
+            continue
+        color = PART_COLORS[part % len(PART_COLORS)]
+        label = html.escape(part_labels.get(part, f"part {part}"))
+        lines.append(f'  subgraph "cluster_{part}" {{ label="{label}"; style="rounded,dashed"; '
+                     f'color="{color}"; penwidth=2; fontname="Helvetica";')
+        lines.extend("  " + ln for ln in group)
+        lines.append("  }")
     for src, dst, nbytes in graph.edges():
         if src in hidden or dst in hidden:
             continue
@@ -194,14 +209,15 @@ def _summary_table(rows: list[tuple[str, str]]) -> str:
 
 
 def to_html(graph, *, title: str | None = None, subtitle: str = "",
-            rows: list[tuple[str, str]] | None = None, dot_text: str | None = None) -> str:
+            rows: list[tuple[str, str]] | None = None, dot_text: str | None = None,
+            svg_text: str | None = None) -> str:
     """A self-contained page (inline SVG, no external scripts): zoom, pan, hover for costs.
 
-    Without Graphviz the page still opens, with the summary table and a note instead of the
-    picture.
+    ``svg_text`` reuses a picture already rendered. Without Graphviz the page still opens, with
+    the summary table and a note instead of the picture.
     """
     try:
-        svg = to_svg(graph, dot_text)
+        svg = svg_text if svg_text is not None else to_svg(graph, dot_text)
         svg = svg[svg.find("<svg"):]
     except GraphvizMissing as exc:
         svg = f"<p style='padding:14px'>{html.escape(str(exc))}</p>"

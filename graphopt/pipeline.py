@@ -8,22 +8,59 @@ from __future__ import annotations
 from graphopt.graph import Graph
 from graphopt.passes import PassContext, PassManager
 
-__all__ = ["INFERENCE", "TRAINING_FORWARD", "TRAINING_BACKWARD", "run_pipeline"]
+__all__ = ["INFERENCE", "TRAINING_JOINT", "TRAINING_FORWARD", "TRAINING_BACKWARD", "FUSION",
+           "FUSION_STEPS", "PARTITION", "run_pipeline"]
 
 # Graphs the backend compiles for inference.
 INFERENCE = [
+    "decompose_ops",         # norms, softmax, GELU -> pointwise + reduction ops (fusion only)
     "eliminate_dead_code",   # drop what no output needs
     "annotate_costs",        # shapes, FLOPs, bytes for every node
+    "fuse_ops",              # plan kernels: pointwise chains, reductions + prologue/epilogue
+    "outline_groups",        # each kernel becomes one call (bound to Triton by the backend)
+]
+
+# The joint forward+backward graph of a training step, before aot_autograd splits it in two
+# (only with a memory_budget: the split then saves exactly what the plan saves).
+TRAINING_JOINT = [
+    "rematerialize",         # save or recompute each activation to fit the memory budget
+    "plan_memory",           # liveness, peak and buffer-reuse arena of the planned step
 ]
 
 # The forward and backward halves of a training step, as aot_autograd hands them over.
 TRAINING_FORWARD = [
+    "decompose_ops",
     "annotate_costs",
+    "fuse_ops",
+    "outline_groups",
 ]
 TRAINING_BACKWARD = [
+    "decompose_ops",
     "eliminate_dead_code",
     "annotate_costs",
+    "fuse_ops",
+    "outline_groups",
 ]
+
+# What `graphopt fuse MODEL` runs on a captured graph.
+FUSION = [
+    "decompose_ops",
+    "eliminate_dead_code",
+    "annotate_costs",
+    "fuse_ops",
+    "outline_groups",
+]
+
+# What `graphopt partition MODEL -k K` and `graphopt pipeline` run on a captured graph.
+PARTITION = [
+    "eliminate_dead_code",
+    "annotate_costs",
+    "split_ops",             # cut matmuls/convs too coarse for a balanced stage boundary
+    "partition_graph",       # METIS + acyclic DP + refinement: info.part on every node
+]
+
+# The steps that exist only for fusion: the backend disables them when it does not fuse.
+FUSION_STEPS = ("decompose_ops", "fuse_ops", "outline_groups")
 
 
 def run_pipeline(graph: Graph, steps: list[str], ctx: PassContext | None = None) -> Graph:

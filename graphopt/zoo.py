@@ -92,7 +92,7 @@ class TinyGPT(nn.Module):
 class ResidualMLP(nn.Module):
     """A deep residual MLP: the shape where activation memory dominates a training step."""
 
-    def __init__(self, dim=512, depth=16, hidden=2048):
+    def __init__(self, dim=256, depth=8, hidden=1024):
         super().__init__()
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(),
@@ -117,15 +117,16 @@ def _gpt(batch=4, seq=128):
     return TinyGPT(), (torch.randint(0, 1024, (batch, seq)),)
 
 
-def _resmlp(batch=256):
-    return ResidualMLP(), (torch.randn(batch, 512),)
+def _resmlp(batch=1024):
+    # Large batch: each block's hidden activations (4 MiB) outweigh its weight gradients (2 MiB).
+    return ResidualMLP(), (torch.randn(batch, 256),)
 
 
 ZOO = {
     "mlp": (_mlp, "4-layer MLP with GELU, batch 32"),
     "cnn": (_cnn, "small residual CNN, 8 images of 32x32"),
     "gpt": (_gpt, "4-layer GPT-style decoder, dim 128, 4 sequences of 128 tokens"),
-    "resmlp": (_resmlp, "16-block residual MLP, dim 512, batch 256"),
+    "resmlp": (_resmlp, "8-block residual MLP, dim 256, hidden 1024, batch 1024"),
 }
 
 

@@ -1,0 +1,139 @@
+"""`graphopt partition` and `graphopt pipeline`: files as the contract says, bad input exits 2."""
+import json
+import textwrap
+
+import pytest
+
+from graphopt.cli.main import main
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_error(code, err, match):
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("graphopt: error:"), err
+    assert match in lines[0], lines[0]
+
+
+def test_partition_writes_json_and_pictures(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "partition", "zoo:gpt", "-k", 2, "-o", tmp_path, "-q",
+                           "--format", "json,dot,svg,html")
+    assert code == 0
+    assert "equal_flops" in out and "contiguous_dp" in out
+    data = json.loads((tmp_path / "partition.json").read_text())
+    assert data["schema"] == "graphopt.partition/1" and data["k"] == 2
+    # the picture: one colour per part, parts boxed, cut edges red with their bytes
+    dot = (tmp_path / "partition.dot").read_text()
+    assert 'subgraph "cluster_0"' in dot and 'subgraph "cluster_1"' in dot
+    assert 'color="#D62728"' in dot
+    page = (tmp_path / "partition.html").read_text()
+    assert "<svg" in page and "<script src" not in page and "hover" in page
+    assert "flops=" in page  # node cost in the hover text
+    assert (tmp_path / "partition.svg").read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["-k", "0"], "k must be at least 1"),
+    (["-k", "100000"], "more than the"),
+    (["-k", "2", "--imbalance", "-0.5"], "imbalance must be in"),
+    (["-k", "2", "--imbalance", "3"], "imbalance must be in"),
+    (["-k", "2", "--format", "pdf"], "--format"),
+    (["-k", "2", "--speeds", "1,2,3"], "speeds needs 2"),
+    (["-k", "2", "--memory-cap", "lots"], "as bytes"),
+])
+def test_partition_bad_input(capsys, tmp_path, argv, match):
+    code, _, err = run_cli(capsys, "partition", "zoo:mlp", "-o", tmp_path, "-q", *argv)
+    _one_line_error(code, err, match)
+    assert not (tmp_path / "partition.json").exists()
+
+
+def test_partition_memory_cap_too_small(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "partition", "zoo:gpt", "-k", 2, "-o", tmp_path, "-q",
+                           "--memory-cap", "64KiB")
+    _one_line_error(code, err, "memory cap")
+
+
+def _giant_factory(tmp_path):
+    path = tmp_path / "giant.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.randn(256, 256))
+            def forward(self, x):
+                return torch.relu(x @ self.w).sum(-1) + 1
+        def make():
+            return M(), (torch.randn(1, 256),)   # one row: even --split-ops cannot cut it
+    """))
+    return f"{path}:make"
+
+
+def test_single_giant_node_is_bad_input_with_best_achievable(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "partition", _giant_factory(tmp_path), "-k", 2,
+                           "-o", tmp_path, "-q")
+    _one_line_error(code, err, "best achievable imbalance is")
+
+
+@pytest.fixture(scope="module")
+def gpt_plan(tmp_path_factory):
+    out = tmp_path_factory.mktemp("plan")
+    assert main(["partition", "zoo:gpt", "-k", "2", "-o", str(out), "-q", "--format",
+                 "json"]) == 0
+    return out / "partition.json"
+
+
+def test_pipeline_check_matches(capsys, gpt_plan):
+    code, out, _ = run_cli(capsys, "pipeline", "zoo:gpt", "--plan", gpt_plan, "--microbatches",
+                           3, "--check", "-q")
+    assert code == 0, out
+    assert "2 stages on 2 processes (gloo)" in out
+    assert "measured:" in out and "estimated (" in out
+    assert "match" in out and "MISMATCH" not in out
+
+
+def test_pipeline_check_reports_a_mismatch(capsys, tmp_path):
+    # a model that draws fresh noise on every call cannot match itself: --check exits 1
+    path = tmp_path / "noisy.py"
+    path.write_text(textwrap.dedent("""
+        import torch
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a = torch.nn.Linear(64, 64)
+                self.b = torch.nn.Linear(64, 64)
+            def forward(self, x):
+                return self.b(torch.relu(self.a(x)) + torch.rand_like(x))
+        def make():
+            return M(), (torch.randn(16, 64),)
+    """))
+    code, out, _ = run_cli(capsys, "pipeline", f"{path}:make", "-k", 2, "--microbatches", 2,
+                           "--check", "-q", "--imbalance", "0.5")
+    assert code == 1 and "MISMATCH" in out
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda p: p.write_text("{broken"), "not valid JSON"),
+    (lambda p: p.write_text(p.read_text().replace('"part": 1', '"part": 7')), "outside 0..1"),
+])
+def test_pipeline_malformed_plan(capsys, tmp_path, gpt_plan, edit, match):
+    bad = tmp_path / "partition.json"
+    bad.write_text(gpt_plan.read_text())
+    edit(bad)
+    code, _, err = run_cli(capsys, "pipeline", "zoo:gpt", "--plan", bad, "-q")
+    _one_line_error(code, err, match)
+
+
+def test_pipeline_plan_for_another_model(capsys, gpt_plan):
+    code, _, err = run_cli(capsys, "pipeline", "zoo:mlp", "--plan", gpt_plan, "-q")
+    _one_line_error(code, err, "does not match")
+
+
+def test_pipeline_needs_k_or_plan(capsys):
+    code, _, err = run_cli(capsys, "pipeline", "zoo:mlp", "-q")
+    _one_line_error(code, err, "give -k")
