@@ -420,7 +420,7 @@ def main() -> None:
         print(f"measured peak: ResidualMLP(dim={args.dim}, depth={args.depth}, "
               f"hidden={args.hidden}), batch {args.batch}", file=sys.stderr)
         rows, lines = measured(args)
-        md += [f"## Measured peak of one training step", "",
+        md += ["## Measured peak of one training step", "",
                f"ResidualMLP(dim={args.dim}, depth={args.depth}, hidden={args.hidden}), batch "
                f"{args.batch}, fp32, loss = mean(out^2): the hidden activations are {act:.0f} MiB "
                "each. Peak = VmHWM - VmRSS before the step, fresh process per row, "

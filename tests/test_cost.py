@@ -1,7 +1,6 @@
 """Cost-model formulas per op family against hand counts."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import graphopt
 from graphopt.cost import (DEVICES, LinkSpec, OpClass, get_device, get_link, node_flops, op_class,

@@ -4,7 +4,6 @@ import shutil
 
 import networkx as nx
 import pytest
-import torch
 
 import graphopt
 from graphopt import zoo

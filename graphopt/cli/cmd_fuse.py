@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from graphopt.cli.common import add_model_args, load_and_capture, progress_from
+from graphopt.cli.common import add_model_args, load_and_capture, print_json, progress_from
 from graphopt.errors import GraphoptError
 
 ORDER = 40
@@ -94,8 +94,7 @@ def run(args) -> int:
     path = write_fusion_dir(args.output, args.model, plan, sources)
     data = json.loads(path.read_text())
     if args.format == "json":
-        json.dump(data, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        print_json(data)
     else:
         _print_table(data, args.output)
     return 0

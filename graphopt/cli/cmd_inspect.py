@@ -1,10 +1,9 @@
 """``graphopt inspect MODEL``: what the captured graph holds and what it costs."""
 from __future__ import annotations
 
-import json
 import sys
 
-from graphopt.cli.common import add_model_args, load_and_capture, progress_from
+from graphopt.cli.common import add_model_args, load_and_capture, print_json, progress_from
 from graphopt.cost import DEVICES, get_device, roofline_seconds
 
 ORDER = 10
@@ -79,8 +78,7 @@ def run(args) -> int:
     _, graph = load_and_capture(args, progress)
     data = report(graph, args.device, with_nodes=args.nodes)
     if args.format == "json":
-        json.dump(data, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        print_json(data)
     else:
         _print_table(data, args.top)
     return 0

@@ -9,7 +9,6 @@ over the step before and after the plan.
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch.utils._pytree as pytree
 
 from graphopt.capture import capture
-from graphopt.cli.common import add_model_args, progress_from
+from graphopt.cli.common import add_model_args, print_json, progress_from
 from graphopt.cost import DEVICES
 from graphopt.errors import GraphoptError
 from graphopt.export import write_atomic
@@ -183,8 +182,7 @@ def run(args) -> int:
             written.append(plot_live_memory(curves, out / f"memory.{fmt}", title=title,
                                             boundaries=bounds))
     if args.format == "json":
-        json.dump(data, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        print_json(data)
     else:
         _print_table(data, written)
     return 0

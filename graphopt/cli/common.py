@@ -8,7 +8,7 @@ from graphopt.graph import Graph
 from graphopt.progress import Progress
 from graphopt.specs import LoadedModel, load_spec, parse_overrides
 
-__all__ = ["add_model_args", "load_and_capture", "progress_from"]
+__all__ = ["add_model_args", "load_and_capture", "progress_from", "print_json"]
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -45,3 +45,11 @@ def load_and_capture(args, progress: Progress | None = None) -> tuple[LoadedMode
         graph = capture(loaded.model, loaded.inputs, loaded.kwargs or None, mode=args.capture,
                         name=args.model)
     return loaded, graph
+
+
+def print_json(data) -> None:
+    """``--format json``: the report on stdout, one JSON document, for scripts."""
+    import json
+    import sys
+    json.dump(data, sys.stdout, indent=1)
+    sys.stdout.write("\n")
