@@ -90,7 +90,7 @@ def _below_minimum(graph: Graph, budget_bytes: int, baseline: int, sol: Solution
     frac = math.ceil(low / baseline * 1000) / 1000 if baseline else 1.0
     return PlanError(f"{graph.name}: memory budget of {budget_bytes:,} bytes is below the feasible "
                      f"minimum of {low:,} bytes ({frac:.3f} of the {baseline:,} bytes saved "
-                     f"without remat); use memory_budget >= {frac:.3f} or >= {low} bytes")
+                     f"without remat); use a budget of at least {frac:.3f} (or {low} bytes)")
 
 
 @register_pass("rematerialize")

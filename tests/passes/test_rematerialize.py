@@ -156,8 +156,8 @@ def test_budget_below_the_minimum_states_it_and_the_minimum_works():
         plan(joint, 0.01)
     msg = str(info.value)
     assert "\n" not in msg and "feasible minimum" in msg
-    low = int(re.search(r"or >= (\d+) bytes", msg).group(1))
-    frac = float(re.search(r"memory_budget >= ([0-9.]+)", msg).group(1))
+    low = int(re.search(r"\(or (\d+) bytes\)", msg).group(1))
+    frac = float(re.search(r"a budget of at least ([0-9.]+)", msg).group(1))
     graph, ctx = plan(resmlp_joint(depth=2), low)
     assert ctx.artifacts["remat"].held_peak_bytes <= low
     _, ctx = plan(resmlp_joint(depth=2), frac)
