@@ -15,7 +15,8 @@ repeated; ``--deep`` captures a real 380-layer GPT-2 instead, about 90 s) and on
 with a million edges; the hand-made split's time on the same graph is shown next to it.
 
 Usage: python bench/partition.py [--models gpt2,bert,vit,resnet] [--ks 2,4,8] [--skip-models]
-       [--skip-scale] [--repeat 3] [--deep] [--out bench/results/partition.md]
+       [--skip-scale] [--split auto|off|rows|nodes] [--repeat 3] [--deep]
+       [--out bench/results/partition.md]
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ from graphopt.partition_costgraph import CostGraph
 from graphopt.partition_dp import cuts_to_parts, equal_flops_split, make_budget, split_order
 from graphopt.partition_metrics import compute_metrics
 from graphopt.partition_plan import Partition
-from graphopt.partition_search import PartitionOptions, search
+from graphopt.partition_search import OBJECTIVES, PartitionOptions, search
 from graphopt.passes import PassContext
-from graphopt.passes.split_ops import split_ops
+from graphopt.passes.partition_graph import SPLITS, partition_graph
 from graphopt.specs import load_spec
 
 MODELS = {"gpt2": "hf:GPT2LMHeadModel", "bert": "hf:BertModel", "vit": "hf:ViTModel",
@@ -46,19 +47,22 @@ def _us(s: float) -> str:
     return f"{s * 1e6:,.1f}"
 
 
-def _floor(cg, k, eps, alpha, beta) -> int:
+def _floor(cg, k, eps, alpha, beta) -> int | None:
+    """Least volume of a contiguous split within ``eps``; None when none exists."""
     cuts = split_order(cg, cg.movable, k, budget=make_budget(cg, k, eps), alpha=alpha, beta=beta,
                        time_slack=1e9)
+    if cuts is None:
+        return None
     return compute_metrics(cg, cuts_to_parts(cg, cg.movable, cuts), k).comm_bytes
 
 
-def bench_models(names: list[str], ks: list[int], split_nodes: bool = False):
-    rows = ["| model | k | graphopt method | nodes split | comm (B) | equal-FLOPs comm | ratio | "
-            "equal-FLOPs comm, split graph | ratio | contiguous-DP comm | floor | imbalance ours / "
-            "eq / DP | stage-ordered | slowest stage ours / eq / DP (us) | cut-mode comm "
-            "(imbalance, acyclic) | time (s) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    ratios, floors, split_ratios, slower = [], [], [], []
+def bench_models(names: list[str], ks: list[int], split: str = "auto", link: str | None = None,
+                 objective: str = "volume"):
+    rows = ["| model | k | graphopt plan (split / method) | comm (B) | equal-FLOPs comm | ratio | "
+            "contiguous-DP comm | floor | imbalance ours / eq / DP | stage-ordered | slowest "
+            "stage ours / eq / DP (us) | cut-mode comm (imbalance, acyclic) | time (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios, floors, slower, over = [], [], [], []
     for key in names:
         spec = MODELS[key]
         loaded = load_spec(spec)
@@ -68,42 +72,48 @@ def bench_models(names: list[str], ks: list[int], split_nodes: bool = False):
         print(f"{spec}: {cg.n} nodes, {len(cg.src)} edges, captured in "
               f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
         for k in ks:
-            opts = PartitionOptions(k=k)
             t0 = time.perf_counter()
-            ctx = PassContext(options={"k": k, "split_ops": split_nodes})
-            split = split_ops(graph.copy(), ctx).graph      # what the PARTITION pipeline does
-            cgk = CostGraph.from_graph(split)
-            res = search(cgk, opts)
-            plan = Partition.from_search(cgk, res, model=spec, options=opts)
+            ctx = PassContext(options={"k": k, "split": split, "model": spec, "link": link,
+                                       "objective": objective})
+            split_graph = partition_graph(graph.copy(), ctx).graph   # what `graphopt partition` runs
+            plan = ctx.artifacts["partition"]
             plan.to_json()
             seconds = time.perf_counter() - t0
-            cut = search(cgk, PartitionOptions(k=k, mode="cut")).best.metrics
-            m, eq_split = res.best.metrics, res.baselines["equal_flops"].metrics
-            dp = res.baselines["contiguous_dp"].metrics
-            # the hand-made split works on the model as written (unsplit nodes)
+            alpha, beta = plan.options["alpha"], plan.options["beta"]
+            cgk = CostGraph.from_graph(split_graph)
+            m = compute_metrics(cgk, np.array([split_graph.info[n].part for n in cgk.names]), k,
+                                alpha=alpha, beta=beta)
+            cut = search(cg, PartitionOptions(k=k, mode="cut", link=link)).best.metrics
+            # the baselines work on the model as written (unsplit nodes)
             eq = compute_metrics(cg, cuts_to_parts(cg, cg.movable, equal_flops_split(
-                cg, cg.movable, k)), k, alpha=plan.options["alpha"], beta=plan.options["beta"])
+                cg, cg.movable, k)), k, alpha=alpha, beta=beta)
+            dp_cuts = split_order(cg, cg.movable, k, budget=None, alpha=alpha, beta=beta,
+                                  time_ub=eq.bottleneck_seconds, minimize_comm=False)
+            dp = compute_metrics(cg, cuts_to_parts(cg, cg.movable, dp_cuts), k, alpha=alpha,
+                                 beta=beta)
             ratio = m.comm_bytes / eq.comm_bytes
             ratios.append(ratio)
-            split_ratios.append(m.comm_bytes / eq_split.comm_bytes)
-            floor = _floor(cgk, k, res.eps_used, plan.options["alpha"], plan.options["beta"])
-            floors.append(floor / eq.comm_bytes)
-            nsplit = len(ctx.artifacts.get("split_ops", {}))
-            if m.bottleneck_seconds > eq.bottleneck_seconds:
+            floor = _floor(cg, k, plan.options["imbalance_used"], alpha, beta)
+            if floor is not None:
+                floors.append(floor / eq.comm_bytes)
+            if m.bottleneck_seconds > eq.bottleneck_seconds * (1 + 1e-9):
                 slower.append(f"{key} k={k} ({_us(m.bottleneck_seconds)} vs "
                               f"{_us(eq.bottleneck_seconds)} us)")
+            if m.imbalance > 0.03 + 1e-9:
+                giant = any("alone holds" in n for n in plan.notes)
+                over.append(f"{key} k={k} ({m.imbalance:.1%}, "
+                            f"{'one node outweighs 1/k' if giant else 'node granularity'})")
             rows.append(
-                f"| {key} | {k} | {res.best.method} | {nsplit} | {m.comm_bytes:,} | "
-                f"{eq.comm_bytes:,} | {ratio:.2f} | {eq_split.comm_bytes:,} | "
-                f"{split_ratios[-1]:.2f} | {dp.comm_bytes:,} | {floor:,} | {m.imbalance:.1%} / "
-                f"{eq.imbalance:.1%} / {dp.imbalance:.1%} | {m.stage_ordered} | "
-                f"{_us(m.bottleneck_seconds)} / {_us(eq.bottleneck_seconds)} / "
-                f"{_us(dp.bottleneck_seconds)} | {cut.comm_bytes:,} ({cut.imbalance:.1%}, "
-                f"{cut.acyclic}) | "
-                f"{seconds:.2f} |")
+                f"| {key} | {k} | {plan.options['split']} / {plan.method} | {m.comm_bytes:,} | "
+                f"{eq.comm_bytes:,} | {ratio:.2f} | {dp.comm_bytes:,} | "
+                f"{'none' if floor is None else f'{floor:,}'} | "
+                f"{m.imbalance:.1%} / {eq.imbalance:.1%} / {dp.imbalance:.1%} | "
+                f"{m.stage_ordered} | {_us(m.bottleneck_seconds)} / {_us(eq.bottleneck_seconds)}"
+                f" / {_us(dp.bottleneck_seconds)} | {cut.comm_bytes:,} ({cut.imbalance:.1%}, "
+                f"{cut.acyclic}) | {seconds:.2f} |")
             print(rows[-1], flush=True)
         del graph, loaded
-    return rows, ratios, floors, split_ratios, slower
+    return rows, ratios, floors, slower, over
 
 
 def _tiled_gpt2(target_nodes: int) -> CostGraph:
@@ -173,8 +183,12 @@ def main() -> int:
     ap.add_argument("--ks", default="2,4,8")
     ap.add_argument("--skip-models", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
-    ap.add_argument("--split-ops", action="store_true", help="partition with --split-ops (nodes "
-                    "too coarse for the imbalance tolerance cut into blocks)")
+    ap.add_argument("--split", default="auto", choices=SPLITS,
+                    help="graphopt partition's --split (default auto)")
+    ap.add_argument("--link", default=None, help="link preset for the models' plans (default: "
+                    "the device's, NVLink 4 for the H100)")
+    ap.add_argument("--objective", default="volume", choices=OBJECTIVES,
+                    help="graphopt partition's --objective (default volume)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--deep", action="store_true", help="capture a real 380-layer GPT-2 for the "
                     "20k-node run (about 90 s) instead of repeating GPT-2's blocks")
@@ -184,28 +198,25 @@ def main() -> int:
              "Produced by `python bench/partition.py`; pipeline mode, default imbalance 3%, "
              "seed 0, H100 + NVLink 4 cost model, 8 micro-batches.", ""]
     if not args.skip_models:
-        rows, ratios, floors, split_ratios, slower = bench_models(
-            args.models.split(","), [int(k) for k in args.ks.split(",")], args.split_ops)
+        rows, ratios, floors, slower, over = bench_models(
+            args.models.split(","), [int(k) for k in args.ks.split(",")], args.split, args.link, args.objective)
         med = statistics.median(ratios)
-        over = [f"{r.split('|')[1].strip()} k={r.split('|')[2].strip()}" for r in rows[2:]
-                if float(r.split("|")[12].split("/")[0].strip().rstrip("%")) > 3.0]
         lines += ["## Plans on transformers models (default configs)", ""] + rows + [
-            "", f"Split ops: {'on (--split-ops)' if args.split_ops else 'off (the default)'}. "
-            "With --split-ops graphopt runs the PARTITION pipeline's `split_ops` first: nodes too coarse for a "
-            "stage boundary to land within 3% are cut into row / head / output-channel blocks "
-            "(`nodes split`). `equal-FLOPs comm` is the hand-made split of the model as written "
-            "(unsplit nodes); `equal-FLOPs comm, split graph` is the same rule applied to the "
-            "split graph (the baseline the plan itself reports).", "",
-            f"Median comm ratio (graphopt / equal-FLOPs on the model as written): **{med:.2f}** "
-            f"over {len(ratios)} cases; worst {max(ratios):.2f}. Against the equal-FLOPs split of "
-            f"the split graph: median {statistics.median(split_ratios):.2f}, worst "
-            f"{max(split_ratios):.2f}. The `floor` column (least volume of any contiguous split "
-            f"of the split graph within the plan's balance) over the hand-made comm: median "
-            f"{statistics.median(floors):.2f}.", "",
+            "", f"`--split {args.split}`. The plan column says which graph won: `whole` (the "
+            "model as written), `rows` (row-wise regions such as a transformer FFN block cut into "
+            "token blocks at the stage boundaries) or `nodes` (the matmul or convolution "
+            "straddling a boundary cut alone); `graphopt partition` partitions all three and "
+            "keeps the best plan. Every other column is measured on the model as written: "
+            "`equal-FLOPs comm` is the hand-made split (cut after the node where the running "
+            "FLOPs first reach s/k), `contiguous-DP` the PipeDream-style min-max split, and "
+            "`floor` the least volume of any contiguous split of the unsplit graph within the "
+            "plan's balance (`none`: no such split exists at node granularity).", "",
+            f"Median comm ratio (graphopt / equal-FLOPs): **{med:.2f}** over {len(ratios)} "
+            f"cases; worst {max(ratios):.2f}. Floor over the hand-made comm, where one exists: "
+            f"median {statistics.median(floors):.2f}.", "",
             "Cases above 3% imbalance: " + (", ".join(over) if over else "none") + ".", "",
-            "Cases whose slowest stage (compute + receives) is slower than the hand-made split's, "
-            "the price of holding 3% FLOPs balance where that split is far less balanced: "
-            + (", ".join(slower) if slower else "none") + ".", ""]
+            "Cases whose slowest stage (compute + receives) is slower than the hand-made "
+            "split's: " + (", ".join(slower) if slower else "none") + ".", ""]
         print(f"median ratio {med:.3f}, worst {max(ratios):.3f}")
     if not args.skip_scale:
         rows = bench_scale(args.repeat, args.deep)

@@ -10,6 +10,7 @@ in the fx order, which is a topological order.
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -98,6 +99,26 @@ def annotate_node(node: torch.fx.Node, is_param: bool = False) -> NodeInfo:
                     is_param=bool(is_param))
 
 
+def _is_derived_constant(node: torch.fx.Node, info: dict[str, NodeInfo]) -> bool:
+    """Whether ``node`` computes a constant: a deterministic op whose inputs are all constants.
+
+    A causal mask built from ``arange``, or a transposed weight, is the same on every call and
+    on every device, so each stage recomputes it instead of receiving it (the contract's
+    "constants, which every part holds locally"). Its FLOPs are counted as zero: they are done
+    once per stage, not once per step of the model.
+    """
+    if node.op != "call_function":
+        return False
+    if node.target is operator.getitem:
+        return all(info[a.name].is_param for a in node.all_input_nodes)
+    if not isinstance(node.target, torch._ops.OpOverload):
+        return False
+    if torch.Tag.nondeterministic_seeded in node.target.tags or \
+            op_class(node.target) == OpClass.RANDOM:
+        return False
+    return all(info[a.name].is_param for a in node.all_input_nodes)
+
+
 class Graph:
     """A captured model: a runnable ATen ``GraphModule`` and a :class:`NodeInfo` per node.
 
@@ -133,6 +154,8 @@ class Graph:
             if node.name in old:
                 rec.part, rec.group, rec.extra = old[node.name].part, old[node.name].group, \
                     old[node.name].extra
+            if _is_derived_constant(node, self.info):
+                rec.is_param, rec.flops = True, 0
             self.info[node.name] = rec
 
     def fx_nodes(self) -> Iterator[torch.fx.Node]:

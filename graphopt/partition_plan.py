@@ -48,7 +48,7 @@ class Partition:
                  options: dict | None = None, notes: list[str] | None = None,
                  baselines: dict | None = None, candidates: list | None = None,
                  seconds: float = 0.0, source: str = "plan", cost_graph: CostGraph | None = None,
-                 part: np.ndarray | None = None) -> None:
+                 part: np.ndarray | None = None, splits: list | None = None) -> None:
         if (nodes is None or edges is None) and (cost_graph is None or part is None):
             raise ValueError("a Partition needs nodes and edges, or a cost graph and parts")
         self.model, self.k, self.mode = model, int(k), mode
@@ -60,6 +60,9 @@ class Partition:
         self.candidates = list(candidates or [])
         self.seconds = float(seconds)
         self.source = source
+        # the cuts made before partitioning (graphopt.split_plan.Cut.to_dict records): a graph
+        # captured again must be cut the same way before the plan applies to it
+        self.splits = list(splits or [])
         self._cg: CostGraph | None = cost_graph
         self._part = None if part is None else np.asarray(part, dtype=np.int64)
 
@@ -182,7 +185,7 @@ class Partition:
         m = self.metrics()
         return {"schema": SCHEMA, "model": self.model, "k": self.k, "mode": self.mode,
                 "method": self.method, "options": self.options, "notes": self.notes,
-                "nodes": self.nodes, "edges": self.edges, "summary": self.summary(m),
+                "splits": self.splits, "nodes": self.nodes, "edges": self.edges, "summary": self.summary(m),
                 "estimate": self.estimate(m), "baselines": self.baselines,
                 "candidates": self.candidates}
 
@@ -190,7 +193,8 @@ class Partition:
         """The document, one node or edge per line (fast for 10^6 edges: no dict per edge)."""
         m = self.metrics()
         head = {"schema": SCHEMA, "model": self.model, "k": self.k, "mode": self.mode,
-                "method": self.method, "options": self.options, "notes": self.notes}
+                "method": self.method, "options": self.options, "notes": self.notes,
+                "splits": self.splits}
         tail = {"summary": self.summary(m), "estimate": self.estimate(m),
                 "baselines": self.baselines, "candidates": self.candidates}
         dump = lambda x: json.dumps(x, default=_json_default)  # noqa: E731
@@ -267,7 +271,9 @@ class Partition:
                    notes=data.get("notes") or [], baselines=data.get("baselines") or {},
                    candidates=data.get("candidates") or [],
                    seconds=float((data.get("summary") or {}).get("seconds", 0.0)),
-                   source=source)
+                   source=source, splits=data.get("splits") or [])
+        if not isinstance(plan.splits, list):
+            raise PlanError(f"{source}: 'splits' must be a list")
         plan.cost_graph()  # checks the topological order
         m = plan.metrics()
         if mode == "pipeline" and not m.stage_ordered:

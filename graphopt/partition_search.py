@@ -13,11 +13,15 @@ inputs and seed give the same plan.
    guided by METIS' repaired labels, and the repaired METIS partition itself after balance-FM.
 
 Each DP runs twice: fewest bytes within ``time_slack`` of its fastest split, and fewest bytes
-no slower than the hand-made split. The plan is chosen by the pipeline-time estimate: among the
-plans that beat the equal-FLOPs split on both time and volume (else those no slower than it,
-else all), the ones within ``time_slack`` of the fastest count as equally fast (the roofline
-estimate is not finer than that) and the one sending the fewest bytes wins. ``cut`` mode keeps
-METIS' (or the DP's) general k-way answer with the least volume after unordered refinement. Baselines: the equal-FLOPs contiguous split of the graph order
+no slower than the hand-made split. The plan is chosen among those within the FLOPs budget and
+the memory cap, by ``objective``: ``volume`` (the default) takes the fewest bytes among the
+plans no slower than the equal-FLOPs split by the pipeline-time estimate (the step-time
+guarantee a user needs to trust it over their own split); ``time`` takes the fastest, counting
+plans within ``time_slack`` of it as equally fast (the roofline is not finer than that) and
+sending the fewest bytes among those. On NVLink, where bytes cost almost no time, the two differ
+most: ``time`` spends bytes on a few percent of step time. ``cut`` mode keeps
+the least volume over METIS' general k-way answers after unordered refinement and every
+``pipeline`` candidate (a stage-ordered plan is a placement too). Baselines: the equal-FLOPs contiguous split of the graph order
 (what a user does by hand) and the optimal contiguous split by min-max DP (PipeDream).
 
 Complexity: a few METIS runs plus O(k C^2 + E) per DP and O(moves * degree) per refinement pass.
@@ -40,9 +44,10 @@ from graphopt.partition_metrics import Metrics, compute_metrics
 from graphopt.partition_refine import rebalance, refine
 
 __all__ = ["PartitionOptions", "Candidate", "SearchResult", "search", "check_early", "MODES",
-           "default_link", "ordered_parts"]
+           "OBJECTIVES", "default_link", "ordered_parts", "best_by_objective"]
 
 MODES = ("pipeline", "cut")
+OBJECTIVES = ("volume", "time")
 _LINK_FOR = {"h100": "nvlink4", "a100": "nvlink3", "cpu": "loopback"}
 
 
@@ -68,6 +73,8 @@ class PartitionOptions:
         time_slack: relative slowdown the volume-minimizing DP pass may take.
         refine: run the FM refinement.
         time_budget: seconds after which no new optional step starts.
+        objective: ``volume`` (fewest bytes, no slower than the hand-made split) or ``time``
+            (fastest, fewest bytes within ``time_slack``).
     """
 
     k: int
@@ -85,6 +92,7 @@ class PartitionOptions:
     time_slack: float = 0.05
     refine: bool = True
     time_budget: float | None = None
+    objective: str = "volume"
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -138,6 +146,8 @@ def _check(cg: CostGraph, o: PartitionOptions) -> None:
                         f"use k <= {ncomp}")
     if o.mode not in MODES:
         raise PlanError(f"mode must be one of {', '.join(MODES)}, got {o.mode!r}")
+    if o.objective not in OBJECTIVES:
+        raise PlanError(f"objective must be one of {', '.join(OBJECTIVES)}, got {o.objective!r}")
     if o.device not in DEVICES:
         raise PlanError(f"unknown device {o.device!r}; known: {', '.join(DEVICES)}")
     if o.link is not None and o.link not in LINKS:
@@ -272,6 +282,20 @@ def _cut_candidates(run: _Run, labels: list[np.ndarray]):
         run.add("dp:graph-order", run.refined(cuts_to_parts(cg, cg.movable, cuts), False), start)
 
 
+def best_by_objective(pool: list, metrics_of, o: PartitionOptions, guarded: bool = True):
+    """The objective's pick from ``pool``: ``volume``: fewest bytes, then fastest; ``time``:
+    fastest within ``time_slack``, then fewest bytes. ``guarded``: every plan in ``pool`` is
+    no slower than the hand-made split (otherwise ``volume`` falls back to ``time``, so that
+    fewer bytes never buy an unbounded slowdown)."""
+    if o.objective == "volume" and guarded:
+        return min(pool, key=lambda c: (metrics_of(c).comm_bytes,
+                                        metrics_of(c).bottleneck_seconds))
+    fastest = min(metrics_of(c).bottleneck_seconds for c in pool)
+    near = [c for c in pool if metrics_of(c).bottleneck_seconds <= fastest *
+            (1 + o.time_slack) + 1e-15]
+    return min(near, key=lambda c: (metrics_of(c).comm_bytes, metrics_of(c).bottleneck_seconds))
+
+
 def _within_budget(run: _Run, c: Candidate) -> bool:
     b = run.budget
     f = np.asarray(c.metrics.part_flops, dtype=np.float64)
@@ -295,11 +319,9 @@ def _choose(run: _Run, base: dict[str, Candidate]) -> Candidate | None:
         t_ref = ref.bottleneck_seconds * (1 + 1e-12)
         dom = [c for c in cands if c.metrics.comm_bytes <= ref.comm_bytes and
                c.metrics.bottleneck_seconds <= t_ref]
-        pool = dom or [c for c in cands if c.metrics.bottleneck_seconds <= t_ref] or cands
-        fastest = min(c.metrics.bottleneck_seconds for c in pool)
-        near = [c for c in pool if c.metrics.bottleneck_seconds <= fastest *
-                (1 + run.o.time_slack) + 1e-15]
-        return min(near, key=lambda c: (c.metrics.comm_bytes, c.metrics.bottleneck_seconds))
+        faster = [c for c in cands if c.metrics.bottleneck_seconds <= t_ref]
+        return best_by_objective(dom or faster or cands, lambda c: c.metrics, run.o,
+                                 guarded=bool(faster))
     if not cands:
         return None
     return min(cands, key=lambda c: (c.metrics.comm_bytes, c.metrics.imbalance))
@@ -309,9 +331,8 @@ def _search_once(cg: CostGraph, o: PartitionOptions, budget: Budget, deadline: f
                  labels: list[np.ndarray]):
     run = _Run(cg, o, budget, deadline)
     base = _baselines(run)
-    if o.mode == "pipeline":
-        _pipeline_candidates(run, base, labels)
-    else:
+    _pipeline_candidates(run, base, labels)
+    if o.mode == "cut":     # stage-ordered plans are placements too: cut mode never does worse
         _cut_candidates(run, labels)
     return run, base, _choose(run, base)
 

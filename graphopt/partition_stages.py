@@ -123,6 +123,18 @@ class _Split:
     position: dict[str, int]
 
 
+def _close_constants(c: _Split, params: dict[str, torch.fx.Node]) -> None:
+    """Add the inputs of every derived constant (a mask built from ``arange``, a transposed
+    weight) to ``params``: the stage recomputes constants rather than receiving them."""
+    todo = [n for n in params.values() if n.op == "call_function"]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a.name not in params:
+                params[a.name] = a
+                if a.op == "call_function":
+                    todo.append(a)
+
+
 def _build_stage(c: _Split, idx: int, part: int, mine: list[torch.fx.Node]) -> Stage:
     """One stage: user inputs, then received values, then parameters, then its own nodes."""
     params: dict[str, torch.fx.Node] = {}
@@ -137,6 +149,7 @@ def _build_stage(c: _Split, idx: int, part: int, mine: list[torch.fx.Node]) -> S
                          if c.info[name].is_param and c.owner[name] == idx), key=c.position.get)
     for name in param_outs:
         params.setdefault(name, c.by_name[name])
+    _close_constants(c, params)
     g = torch.fx.Graph()
     env: dict[str, torch.fx.Node] = {}
     inputs: list[tuple[str, str, int]] = []
@@ -158,10 +171,11 @@ def _build_stage(c: _Split, idx: int, part: int, mine: list[torch.fx.Node]) -> S
         specs[name] = value_specs(src.meta.get("val"))
         layout[name] = value_layout(src.meta.get("val"))
     root: dict[str, object] = {}
-    for a in sorted((x for x in params.values() if x.op == "get_attr"),
+    for a in sorted((x for x in params.values() if x.op != "placeholder"),
                     key=lambda x: c.position[x.name]):
         env[a.name] = g.node_copy(a, lambda x: env[x.name])
-        root[a.target] = _fetch_attr(c.gm, a.target)
+        if a.op == "get_attr":
+            root[a.target] = _fetch_attr(c.gm, a.target)
     for n in mine:
         if n.op != "placeholder":
             env[n.name] = g.node_copy(n, lambda x: env[x.name])

@@ -55,8 +55,8 @@ FUSION = [
 PARTITION = [
     "eliminate_dead_code",
     "annotate_costs",
-    "split_ops",             # cut matmuls/convs too coarse for a balanced stage boundary
-    "partition_graph",       # METIS + acyclic DP + refinement: info.part on every node
+    "partition_graph",       # METIS + acyclic DP + refinement: info.part on every node;
+                             # with options["split"], also on split_ops' cuts, best plan kept
 ]
 
 # The steps that exist only for fusion: the backend disables them when it does not fuse.

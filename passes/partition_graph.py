@@ -3,30 +3,44 @@
 Needs: a graph with cost annotations (``annotate_costs``) and ``ctx.options["k"]``. Other
 options (all optional): ``mode`` (``pipeline`` | ``cut``), ``imbalance``, ``ncuts``, ``tries``,
 ``link``, ``microbatches``, ``schedule``, ``memory_cap``, ``speeds``, ``time_slack``, ``refine``,
-``time_budget``, ``model``; the seed is ``ctx.seed`` and the device ``ctx.device``.
+``time_budget``, ``objective``, ``model``, ``split``; the seed is ``ctx.seed`` and the device ``ctx.device``.
+
+``split`` (default ``off`` here, ``auto`` from the CLI): with ``auto`` the graph is partitioned
+as written and after each ``split_ops`` strategy (token blocks of row-wise regions; single
+nodes cut at the tolerance edges), and the best plan is kept (see :func:`_pick`): a boundary
+inside a transformer FFN block can send a quarter of what the nearest node boundary sends, but
+each cut region costs kernel launches, so neither always wins. ``rows`` or ``nodes`` compares
+one strategy with the graph as written.
 
 Guarantees: every node gets a part in ``0..k-1`` (parameters the lowest part that uses them);
 in ``pipeline`` mode data flows only from lower to higher parts; the plan, a
-:class:`~graphopt.partition_plan.Partition`, is left in ``ctx.artifacts["partition"]``. The fx
-graph itself is not changed, so the model still runs as before. Deterministic for a fixed seed:
-running the pass twice gives the same parts and reports ``modified=False`` the second time.
+:class:`~graphopt.partition_plan.Partition`, is left in ``ctx.artifacts["partition"]``. The
+returned graph is the input one, or a split copy that computes the same outputs. A graph that was
+split already is not split again. Deterministic for a fixed seed: running the pass twice gives
+the same parts and reports ``modified=False`` the second time.
 
 Complexity: see :mod:`graphopt.partition_search` (about O(k C^2 + E) per dynamic program plus a
 few METIS runs; under a second for 20k nodes).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
 from graphopt.partition_costgraph import CostGraph
+from graphopt.partition_metrics import pipeline_estimate
 from graphopt.partition_plan import Partition
-from graphopt.partition_search import PartitionOptions, search
+from graphopt.partition_search import (PartitionOptions, SearchResult, best_by_objective,
+                                       search)
 from graphopt.passes.infra import PassContext, PassResult, register_pass
+from graphopt.passes.split_ops import apply_splits
+from graphopt.split_plan import BALANCES, STRATEGIES, plan_splits, prune_cuts
 
-__all__ = ["partition_graph", "options_from"]
+__all__ = ["partition_graph", "options_from", "SPLITS"]
 
 _KEYS = ("mode", "imbalance", "ncuts", "tries", "link", "microbatches", "schedule",
-         "memory_cap", "speeds", "time_slack", "refine", "time_budget")
+         "memory_cap", "speeds", "time_slack", "refine", "time_budget", "objective")
 
 
 def options_from(ctx: PassContext) -> PartitionOptions:
@@ -37,22 +51,155 @@ def options_from(ctx: PassContext) -> PartitionOptions:
     return PartitionOptions(k=ctx.options["k"], seed=ctx.seed, device=ctx.device, **extra)
 
 
+SPLITS = ("auto", "off") + STRATEGIES
+
+
+@dataclass
+class _Variant:
+    """The graph partitioned as written, or cut by one ``split_ops`` strategy first."""
+
+    name: str
+    graph: Graph
+    split: dict
+    cg: CostGraph | None = None
+    result: SearchResult | None = None
+    cuts: list = field(default_factory=list)
+
+
+def _searched(name: str, graph: Graph, split: dict, opts: PartitionOptions) -> _Variant | None:
+    """Partition one variant; a cut variant that admits no plan is skipped (``None``)."""
+    v = _Variant(name, graph, split, CostGraph.from_graph(graph, opts.device))
+    try:
+        v.result = search(v.cg, opts)
+    except PlanError:
+        if name == "whole":
+            raise
+        return None
+    return v
+
+
+def _split_variant(graph: Graph, opts: PartitionOptions, strategy: str, balance: str,
+                   seen: set, giants: bool = False) -> _Variant | None:
+    """Cut a copy at every offered point, partition it, then cut a fresh copy at only the
+    points the plan's boundaries used (each unused block costs kernel launches) and partition
+    that; the better of the two plans is kept."""
+    cuts = plan_splits(graph, opts.k, opts.imbalance, opts.speeds, strategy, balance,
+                       opts.device, giants)
+    key = tuple((tuple(c.nodes), tuple(c.cuts)) for c in cuts)
+    if not cuts or key in seen:
+        return None
+    seen.add(key)
+    g = graph.copy()
+    name = f"{strategy}/{balance}" + ("+giants" if giants else "")
+    first = _searched(name, g, apply_splits(g, cuts), opts)
+    if first is None:
+        return None
+    first.cuts = cuts
+    parts = dict(zip(first.cg.names, first.result.best.part.tolist()))
+    kept = prune_cuts(cuts, parts)
+    if not kept:
+        return first
+    g = graph.copy()
+    second = _searched(first.name, g, apply_splits(g, kept), opts)
+    if second is None:
+        return first
+    second.cuts = kept
+    return _pick([first, second], opts, whole=first.result.baselines["equal_flops"].metrics)
+
+
+def _variants(graph: Graph, opts: PartitionOptions, split: str
+              ) -> tuple[list[_Variant], PlanError | None]:
+    if split not in SPLITS:
+        raise PlanError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    try:
+        out, error = [_searched("whole", graph, {}, opts)], None
+    except PlanError as e:          # e.g. one node holds most of the FLOPs: cutting it may do
+        out, error = [], e
+    if split == "off" or opts.k < 2 or any("split_of" in i.extra for i in graph.nodes()):
+        if error is not None:
+            raise error
+        return out, None
+    seen: set = set()
+    for strategy in (STRATEGIES if split == "auto" else (split,)):
+        for balance in BALANCES:
+            v = _split_variant(graph, opts, strategy, balance, seen)
+            if v is not None:
+                out.append(v)
+        if strategy == "nodes":
+            v = _split_variant(graph, opts, strategy, "flops", seen, giants=True)
+            if v is not None:
+                out.append(v)
+    if not out:
+        raise error
+    return out, error
+
+
+def _pick(found: list[_Variant], opts: PartitionOptions, whole=None) -> _Variant:
+    """The best plan over the variants, judged against the hand-made split of the model as
+    written (and of the variant's own graph): first the balance asked for, then beating the
+    hand-made split on both step time and volume (else on time), then ``opts.objective``
+    (:func:`~graphopt.partition_search.best_by_objective`)."""
+    if whole is None and found[0].name == "whole":
+        whole = found[0].result.baselines["equal_flops"].metrics
+
+    def rank(v: _Variant) -> tuple:
+        refs = [v.result.baselines["equal_flops"].metrics] + ([whole] if whole else [])
+        m = v.result.best.metrics
+        t_ref = min(r.bottleneck_seconds for r in refs) * (1 + 1e-9)
+        faster = m.bottleneck_seconds <= t_ref
+        smaller = m.comm_bytes <= min(r.comm_bytes for r in refs)
+        return (v.result.eps_used > opts.imbalance + 1e-12, not (faster and smaller), not faster)
+
+    top = min(rank(v) for v in found)
+    pool = [v for v in found if rank(v) == top]
+    best = best_by_objective(pool, lambda v: v.result.best.metrics, opts, guarded=not top[2])
+    plain = pool[0] if pool[0].name == "whole" else None
+    if plain is not None and plain is not best:   # an equal plan without cuts is simpler
+        m, b = plain.result.best.metrics, best.result.best.metrics
+        if m.comm_bytes <= b.comm_bytes and \
+                m.bottleneck_seconds <= b.bottleneck_seconds * (1 + opts.time_slack):
+            return plain
+    return best
+
+
+def _summary(v: _Variant) -> str:
+    m = v.result.best.metrics
+    return (f"{v.name}: {m.comm_bytes:,} B sent, imbalance {m.imbalance:.1%}, slowest stage "
+            f"{m.bottleneck_seconds * 1e6:,.1f} us")
+
+
 @register_pass("partition_graph")
 def partition_graph(graph: Graph, ctx: PassContext) -> PassResult:
     opts = options_from(ctx)
-    cg = CostGraph.from_graph(graph, opts.device)
-    result = search(cg, opts)
-    plan = Partition.from_search(cg, result, model=ctx.options.get("model", graph.name),
+    found, unsplit_error = _variants(graph, opts, str(ctx.options.get("split", "off")))
+    best = _pick(found, opts)
+    graph = best.graph
+    plan = Partition.from_search(best.cg, best.result, model=ctx.options.get("model", graph.name),
                                  options=opts)
-    split = ctx.artifacts.get("split_ops") or {}
+    plan.options["split"] = best.name
+    plan.splits = [c.to_dict() for c in best.cuts]
+    if unsplit_error is not None:
+        plan.notes.append(f"the graph as written admits no plan ({unsplit_error}); cut first")
+    split = dict(ctx.artifacts.get("split_ops") or {}, **best.split)
     if split:
-        plan.notes.append("split for balance (split_ops): " + ", ".join(
+        plan.notes.append("cut so stage boundaries can land inside (split_ops): " + ", ".join(
             f"{name} -> {sum(1 for n in new if graph.info[n].flops > 0)} pieces"
             for name, new in split.items()))
-    modified = plan.apply(graph)
+    if len(found) > 1 or found[0].name != "whole":
+        plan.notes.append("plans compared (kept " + best.name + "): " +
+                          "; ".join(_summary(v) for v in found))
+    if len(found) > 1 and found[0].name == "whole":
+        as_written = found[0].result.baselines["equal_flops"]
+        plan.baselines["equal_flops_as_written"] = dict(
+            as_written.row(), estimate=pipeline_estimate(as_written.metrics, plan.microbatches))
+    changed = plan.apply(graph)
+    modified = changed or best.name != "whole"
     ctx.artifacts["partition"] = plan
+    if best.split:
+        ctx.artifacts.setdefault("split_ops", {}).update(best.split)
     s = plan.summary()
-    stats = {"k": opts.k, "mode": opts.mode, "method": plan.method,
+    stats = {"k": opts.k, "mode": opts.mode, "method": plan.method, "split": best.name,
              "comm_bytes": s["comm_bytes"], "imbalance": round(s["imbalance"], 6),
-             "acyclic": s["acyclic"], "seconds": round(result.seconds, 4)}
+             "acyclic": s["acyclic"],
+             "seconds": round(sum(v.result.seconds for v in found), 4)}
     return PassResult(graph, modified, stats)

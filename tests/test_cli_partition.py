@@ -69,7 +69,7 @@ def _giant_factory(tmp_path):
             def forward(self, x):
                 return torch.relu(x @ self.w).sum(-1) + 1
         def make():
-            return M(), (torch.randn(1, 256),)   # one row: even --split-ops cannot cut it
+            return M(), (torch.randn(1, 256),)   # one row: no cut can split it
     """))
     return f"{path}:make"
 

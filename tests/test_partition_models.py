@@ -5,8 +5,11 @@ the CLI wrote, never read from its summary: communication volume, FLOPs imbalanc
 stage order, the stage times of the alpha-beta model, and the equal-FLOPs contiguous baseline
 (cut the node list after the node at which the running FLOPs first reach s/k of the total; the
 node list is the partitioned graph's, after ``--split-ops`` cut its coarsest nodes where asked).
-The reduced configs run by default; the default (full-size) configs are the slow variant.
+The baseline is the hand-made split of the model as written: the plan of ``--split off`` gives
+that graph's nodes and edges. The reduced configs run by default; the default (full-size)
+configs are the slow variant, and there the goals of the partitioning issue are asserted.
 """
+import statistics
 import json
 
 import pytest
@@ -83,7 +86,9 @@ def with_params(data, part):
     return out
 
 
-def check_plan(path):
+def check_plan(path, as_written=None):
+    """Recompute a plan's numbers from its JSON; the baseline comes from ``as_written`` (the
+    JSON of the same model partitioned with ``--split off``), or from the plan's own graph."""
     data = json.loads(path.read_text())
     k, nodes, edges = data["k"], data["nodes"], data["edges"]
     part = {n["name"]: n["part"] for n in nodes}
@@ -95,9 +100,11 @@ def check_plan(path):
     flops = part_flops(nodes, part, k)
     avg = sum(flops) / k
     imbalance = max(flops) / avg - 1
-    base = with_params(data, equal_flops_parts(nodes, k))
-    base_comm = comm_bytes(nodes, edges, base)
-    base_imbalance = max(part_flops(nodes, base, k)) / avg - 1
+    ref = json.loads(as_written.read_text()) if as_written else data
+    base = with_params(ref, equal_flops_parts(ref["nodes"], k))
+    base_comm = comm_bytes(ref["nodes"], ref["edges"], base)
+    base_imbalance = max(part_flops(ref["nodes"], base, k)) / avg - 1
+    base_seconds = max(stage_seconds(ref, base))
     ours = comm_bytes(nodes, edges, part)
     assert ours == data["summary"]["comm_bytes"]
     # the balance the plan promises: its tolerance, or that tolerance around a node that alone
@@ -106,10 +113,11 @@ def check_plan(path):
     heaviest = max((n for n in nodes if not n["is_param"]), key=lambda n: n["flops"])
     allowed = max(eps, (1 + eps) * heaviest["flops"] / avg - 1)
     assert imbalance <= allowed + 1e-9
+    seconds = max(stage_seconds(data, part))
     if base_imbalance <= allowed + 1e-9:
         # the hand-made split was an admissible plan: ours beats it on volume and time
         assert ours <= base_comm
-        assert max(stage_seconds(data, part)) <= max(stage_seconds(data, base)) * (1 + 1e-9)
+        assert seconds <= base_seconds * (1 + 1e-9)
     else:
         # it was not (too unbalanced): ours keeps the balance the user asked for
         assert imbalance < base_imbalance
@@ -120,34 +128,44 @@ def check_plan(path):
     elif imbalance > 0.03:
         # only when no plan within 3% exists at this node granularity, and the plan says so
         assert any("node granularity" in note for note in data["notes"])
-    return ours / base_comm, imbalance
+    return {"ratio": ours / base_comm, "imbalance": imbalance, "seconds": seconds,
+            "base_seconds": base_seconds, "giant": heaviest["flops"] > avg}
 
 
-def _run(tmp_path, spec, k, overrides, split=False):
-    out = tmp_path / f"{spec.split(':')[1]}-{k}-{'split' if split else 'whole'}"
-    argv = ["partition", spec, "-k", str(k), "-o", str(out), "-q", "--format", "json"]
-    if split:
-        argv.append("--split-ops")
+def _run(tmp_path, spec, k, overrides, split="auto"):
+    out = tmp_path / f"{spec.split(':')[1]}-{k}-{split}"
+    argv = ["partition", spec, "-k", str(k), "-o", str(out), "-q", "--format", "json",
+            "--split", split]
     for o in overrides:
         argv += ["--set", o]
     if overrides and spec in ("hf:ViTModel", "hf:ResNetModel"):
         argv += ["--image-size", "64"]
     assert main(argv) == 0
-    return check_plan(out / "partition.json")
+    return out / "partition.json"
+
+
+def _both(tmp_path, spec, k, overrides):
+    """Check the plan as written and the default plan against the hand-made split."""
+    whole = _run(tmp_path, spec, k, overrides, split="off")
+    check_plan(whole)
+    return check_plan(_run(tmp_path, spec, k, overrides), as_written=whole)
 
 
 @pytest.mark.parametrize("spec", sorted(SMALL))
 def test_small_configs(tmp_path, spec):
     for k in (2, 4):
-        _run(tmp_path, spec, k, SMALL[spec])   # whole nodes: check_plan's guarantees
-        # --split-ops cuts nodes too coarse for a boundary: every plan is within 3%
-        assert _run(tmp_path, spec, k, SMALL[spec], split=True)[1] <= 0.03 + 1e-9
+        r = _both(tmp_path, spec, k, SMALL[spec])
+        # cutting nodes where a boundary needs it: within 3% unless one node outweighs 1/k
+        assert r["imbalance"] <= 0.03 + 1e-9 or r["giant"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", sorted(SMALL))
-def test_default_configs(tmp_path, spec):
-    runs = [_run(tmp_path, spec, k, []) for k in (2, 4, 8)]
-    assert min(r[0] for r in runs) < 1.0  # somewhere the plan sends less than the hand-made split
-    split = [_run(tmp_path, spec, k, [], split=True) for k in (2, 4, 8)]
-    assert max(r[1] for r in split) <= 0.03 + 1e-9   # within 3% at every k (--split-ops)
+def test_default_configs_meet_the_partitioning_goals(tmp_path):
+    """GPT-2, BERT, ViT and ResNet at k = 2, 4, 8 (default configs): every plan acyclic and
+    within 3% (or one node's part, said so), never more bytes or a slower estimated step than
+    the hand-made split, and at most half its bytes at the median."""
+    runs = [_both(tmp_path, spec, k, []) for spec in sorted(SMALL) for k in (2, 4, 8)]
+    assert all(r["imbalance"] <= 0.03 + 1e-9 or r["giant"] for r in runs)
+    assert max(r["ratio"] for r in runs) <= 1.0
+    assert all(r["seconds"] <= r["base_seconds"] * (1 + 1e-9) for r in runs)
+    assert statistics.median(r["ratio"] for r in runs) <= 0.5

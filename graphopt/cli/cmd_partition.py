@@ -14,8 +14,9 @@ from graphopt.cli.common import add_model_args, load_and_capture, progress_from
 from graphopt.cost import DEVICES, LINKS
 from graphopt.errors import GraphoptError, PlanError
 from graphopt.export import GraphvizMissing, to_dot, to_html, to_svg, write_atomic
-from graphopt.partition_search import MODES, check_early
+from graphopt.partition_search import MODES, OBJECTIVES, check_early
 from graphopt.passes import PassContext
+from graphopt.passes.partition_graph import SPLITS
 from graphopt.pipeline import PARTITION, run_pipeline
 
 ORDER = 20
@@ -58,9 +59,15 @@ def add_plan_args(p, *, mode: bool = True) -> None:
                    help="memory per device, e.g. 16GiB (default: the device's)")
     g.add_argument("--speeds", default=None, metavar="S0,S1,...",
                    help="relative device speeds, one per part (default: equal)")
-    g.add_argument("--split-ops", action="store_true",
-                   help="split matmuls, convolutions and attention that are too coarse for the "
-                   "--imbalance tolerance (balances FLOPs at the cost of more bytes sent)")
+    g.add_argument("--objective", choices=OBJECTIVES, default="volume",
+                   help="volume (default): fewest bytes sent among plans no slower than the "
+                   "equal-FLOPs split by the cost model; time: the fastest plan, fewest bytes "
+                   "among those within 5%% of it")
+    g.add_argument("--split", choices=SPLITS, default="auto",
+                   help="cut nodes so a stage boundary can land inside them: rows = token "
+                   "blocks of row-wise regions (a transformer FFN block), nodes = single "
+                   "matmuls/convs/attention at the tolerance edges, auto (default) = partition "
+                   "the graph as written and with each, keep the best plan, off = never")
     g.add_argument("--schedule", choices=["1f1b", "gpipe"], default="1f1b",
                    help="schedule for the in-flight activation memory (default 1f1b)")
 
@@ -71,7 +78,7 @@ def plan_options(args, k: int, mode: str) -> dict:
     return {"k": k, "mode": mode, "imbalance": args.imbalance, "link": args.link,
             "ncuts": args.ncuts, "memory_cap": cap, "speeds": speeds,
             "microbatches": args.microbatches, "schedule": args.schedule, "model": args.model,
-            "split_ops": args.split_ops}
+            "split": args.split, "objective": args.objective}
 
 
 def make_plan(args, graph, *, k: int, mode: str, device: str):

@@ -22,6 +22,7 @@ from graphopt.cost import DEVICES
 from graphopt.errors import GraphoptError, PlanError
 from graphopt.partition_plan import Partition
 from graphopt.partition_search import check_early
+from graphopt.passes.split_ops import cut_like
 from graphopt.stage_runtime import run_pipeline
 
 ORDER = 25
@@ -122,6 +123,7 @@ def run(args) -> int:
         with progress.step(f"partitioning into {args.k} stages"):
             graph, plan = make_plan(args, graph, k=args.k, mode="pipeline", device=args.device)
     else:
+        graph = cut_like(graph, plan.splits, plan.source)   # a plan made on a cut graph
         plan.apply(graph)
     stages = plan.split(graph)
     mbs = microbatches(loaded, args.microbatches, args.seed)

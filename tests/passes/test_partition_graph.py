@@ -10,20 +10,14 @@ from graphopt.errors import PlanError
 from graphopt.passes import PassContext, PassManager, check_invariants, get_pass
 from graphopt.specs import load_spec
 
+from checks import max_rel_err
+
 
 def _partition(graph, **options):
     ctx = PassContext(options=options, seed=options.pop("seed", 0))
     result = get_pass("partition_graph")(graph, ctx)
     check_invariants(result.graph)
     return result, ctx.artifacts["partition"]
-
-
-def _rel_err(got, want) -> float:
-    err = 0.0
-    for g, w in zip(got, want):
-        assert not torch.isnan(g).any()
-        err = max(err, float((g - w).abs().max() / w.abs().max().clamp_min(1e-12)))
-    return err
 
 
 def _chain(width=64, depth=4):
@@ -80,7 +74,7 @@ def test_stages_match_eager_on_fresh_inputs(spec, k):
     with torch.no_grad():
         want = loaded.model(fresh)
         got = stages.run(fresh)
-    assert _rel_err(got, (want,)) < 1e-5
+    assert max_rel_err(got, (want,)) < 1e-5
 
 
 def test_cut_mode_keeps_the_general_answer():
@@ -88,7 +82,11 @@ def test_cut_mode_keeps_the_general_answer():
     graph = graphopt.capture(loaded.model, loaded.inputs)
     _, cut = _partition(graph, k=4, mode="cut")
     _, pipe = _partition(graph.copy(), k=4, mode="pipeline")
-    assert cut.summary()["comm_bytes"] <= pipe.summary()["comm_bytes"]
+    if cut.options["imbalance_used"] >= pipe.options["imbalance_used"]:
+        # every stage-ordered plan is a placement too: cut mode never sends more
+        assert cut.summary()["comm_bytes"] <= pipe.summary()["comm_bytes"]
+    else:   # pipeline mode had to relax the balance at node granularity; cut mode did not
+        assert cut.summary()["imbalance"] <= cut.options["imbalance_used"] + 1e-9
     if not cut.summary()["acyclic"]:
         with pytest.raises(PlanError, match="cycle"):
             cut.split(graph)
