@@ -144,8 +144,9 @@ def _find_region(lay: _Layout, i: int, floor: int, giants: set[int]
     """The cheapest row-wise interval of the graph order around node ``i``: ``(a, b, region,
     cost)`` or ``None``. Grows the widest valid interval, then picks the sub-interval whose
     ends cut the fewest bytes (a transformer FFN block: hidden-size rows at both ends)."""
-    launches = np.concatenate([[0], np.cumsum([i.op == "call_function" and i.op_class not in
-                                               (OpClass.VIEW,) for i in lay.infos])])
+    launches = np.concatenate([[0], np.cumsum([info.op == "call_function" and
+                                               info.op_class != OpClass.VIEW
+                                               for info in lay.infos])])
     for dim in _anchor_dims(lay.fx[i]):
         def ok(a, b):
             if any(p in giants for p in range(a, b + 1)):

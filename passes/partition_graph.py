@@ -3,14 +3,15 @@
 Needs: a graph with cost annotations (``annotate_costs``) and ``ctx.options["k"]``. Other
 options (all optional): ``mode`` (``pipeline`` | ``cut``), ``imbalance``, ``ncuts``, ``tries``,
 ``link``, ``microbatches``, ``schedule``, ``memory_cap``, ``speeds``, ``time_slack``, ``refine``,
-``time_budget``, ``objective``, ``model``, ``split``; the seed is ``ctx.seed`` and the device ``ctx.device``.
+``time_budget``, ``objective``, ``model``, ``split``; the seed is ``ctx.seed`` and the device
+``ctx.device``.
 
 ``split`` (default ``off`` here, ``auto`` from the CLI): with ``auto`` the graph is partitioned
-as written and after each ``split_ops`` strategy (token blocks of row-wise regions; single
-nodes cut at the tolerance edges), and the best plan is kept (see :func:`_pick`): a boundary
-inside a transformer FFN block can send a quarter of what the nearest node boundary sends, but
-each cut region costs kernel launches, so neither always wins. ``rows`` or ``nodes`` compares
-one strategy with the graph as written.
+as written and after each cut strategy of :mod:`graphopt.split_plan` (token blocks of row-wise
+regions; single nodes cut around the ideal boundaries), and the best plan is kept (see
+:func:`_pick`): a boundary inside a transformer FFN block can send a quarter of what the nearest
+node boundary sends, but each cut region costs kernel launches, so neither always wins. ``rows``
+or ``nodes`` compares one strategy with the graph as written.
 
 Guarantees: every node gets a part in ``0..k-1`` (parameters the lowest part that uses them);
 in ``pipeline`` mode data flows only from lower to higher parts; the plan, a
@@ -20,7 +21,8 @@ split already is not split again. Deterministic for a fixed seed: running the pa
 the same parts and reports ``modified=False`` the second time.
 
 Complexity: see :mod:`graphopt.partition_search` (about O(k C^2 + E) per dynamic program plus a
-few METIS runs; under a second for 20k nodes).
+few METIS runs; under a second for 20k nodes), once per variant: with ``split="auto"`` up to nine
+searches (each cut variant twice: all offered cuts, then only those the plan used).
 """
 from __future__ import annotations
 
@@ -180,11 +182,9 @@ def partition_graph(graph: Graph, ctx: PassContext) -> PassResult:
     plan.splits = [c.to_dict() for c in best.cuts]
     if unsplit_error is not None:
         plan.notes.append(f"the graph as written admits no plan ({unsplit_error}); cut first")
-    split = dict(ctx.artifacts.get("split_ops") or {}, **best.split)
-    if split:
+    if best.cuts:
         plan.notes.append("cut so stage boundaries can land inside (split_ops): " + ", ".join(
-            f"{name} -> {sum(1 for n in new if graph.info[n].flops > 0)} pieces"
-            for name, new in split.items()))
+            f"{c.label} -> {len(c.cuts) + 1} blocks" for c in best.cuts))
     if len(found) > 1 or found[0].name != "whole":
         plan.notes.append("plans compared (kept " + best.name + "): " +
                           "; ".join(_summary(v) for v in found))

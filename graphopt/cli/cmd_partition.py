@@ -66,8 +66,9 @@ def add_plan_args(p, *, mode: bool = True) -> None:
     g.add_argument("--split", choices=SPLITS, default="auto",
                    help="cut nodes so a stage boundary can land inside them: rows = token "
                    "blocks of row-wise regions (a transformer FFN block), nodes = single "
-                   "matmuls/convs/attention at the tolerance edges, auto (default) = partition "
-                   "the graph as written and with each, keep the best plan, off = never")
+                   "matmuls/convs/attention in row/head/channel blocks, auto (default) = "
+                   "partition the graph as written and with each, keep the best plan (the "
+                   "plan's notes list them), off = never")
     g.add_argument("--schedule", choices=["1f1b", "gpipe"], default="1f1b",
                    help="schedule for the in-flight activation memory (default 1f1b)")
 
