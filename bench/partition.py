@@ -75,7 +75,8 @@ def bench_models(names: list[str], ks: list[int], split: str = "auto", link: str
             t0 = time.perf_counter()
             ctx = PassContext(options={"k": k, "split": split, "model": spec, "link": link,
                                        "objective": objective})
-            split_graph = partition_graph(graph.copy(), ctx).graph   # what `graphopt partition` runs
+            # what `graphopt partition` runs
+            split_graph = partition_graph(graph.copy(), ctx).graph
             plan = ctx.artifacts["partition"]
             plan.to_json()
             seconds = time.perf_counter() - t0
@@ -199,7 +200,8 @@ def main() -> int:
              "seed 0, H100 + NVLink 4 cost model, 8 micro-batches.", ""]
     if not args.skip_models:
         rows, ratios, floors, slower, over = bench_models(
-            args.models.split(","), [int(k) for k in args.ks.split(",")], args.split, args.link, args.objective)
+            args.models.split(","), [int(k) for k in args.ks.split(",")], args.split, args.link,
+            args.objective)
         med = statistics.median(ratios)
         lines += ["## Plans on transformers models (default configs)", ""] + rows + [
             "", f"`--split {args.split}`. The plan column says which graph won: `whole` (the "

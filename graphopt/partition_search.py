@@ -19,10 +19,10 @@ plans no slower than the equal-FLOPs split by the pipeline-time estimate (the st
 guarantee a user needs to trust it over their own split); ``time`` takes the fastest, counting
 plans within ``time_slack`` of it as equally fast (the roofline is not finer than that) and
 sending the fewest bytes among those. On NVLink, where bytes cost almost no time, the two differ
-most: ``time`` spends bytes on a few percent of step time. ``cut`` mode keeps
-the least volume over METIS' general k-way answers after unordered refinement and every
-``pipeline`` candidate (a stage-ordered plan is a placement too). Baselines: the equal-FLOPs contiguous split of the graph order
-(what a user does by hand) and the optimal contiguous split by min-max DP (PipeDream).
+most: ``time`` spends bytes on a few percent of step time. ``cut`` mode keeps the least volume
+over METIS' general k-way answers after unordered refinement and every ``pipeline`` candidate (a
+stage-ordered plan is a placement too). Baselines: the equal-FLOPs contiguous split of the graph
+order (what a user does by hand) and the optimal contiguous split by min-max DP (PipeDream).
 
 Complexity: a few METIS runs plus O(k C^2 + E) per DP and O(moves * degree) per refinement pass.
 """

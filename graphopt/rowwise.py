@@ -91,6 +91,12 @@ def row_args(node: torch.fx.Node, d: int) -> dict[int, int | None] | None:
     if node.op != "call_function" or not isinstance(out, torch.Tensor) or not 0 <= d < out.dim():
         return None
     t, args = node.target, node.args
+    if t == aten.dropout.default:
+        if len(args) > 2 and args[2] and args[1]:
+            return None     # training dropout draws random numbers
+    elif t != aten.scaled_dot_product_attention.default and \
+            isinstance(t, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in t.tags:
+        return None     # random ops: blocks would draw different numbers than the whole op
     x = _val(args[0]) if args else None
     if t in _IDENTITY_LIKE or (isinstance(t, torch._ops.OpOverload) and
                                torch.Tag.pointwise in t.tags):
@@ -162,7 +168,8 @@ def row_args(node: torch.fx.Node, d: int) -> dict[int, int | None] | None:
         return None if j is None or j in dims else {0: j}
     if t == aten.scaled_dot_product_attention.default:
         if d != out.dim() - 2 or node.kwargs.get("is_causal") or \
-                (len(args) > 5 and args[5]) or node.kwargs.get("enable_gqa"):
+                (len(args) > 5 and args[5]) or node.kwargs.get("enable_gqa") or \
+                (len(args) > 4 and args[4]) or node.kwargs.get("dropout_p"):
             return None   # a causal mask is anchored at query 0: slicing queries would move it
         res = {0: x.dim() - 2, 1: None, 2: None}
         mask = args[3] if len(args) > 3 else None

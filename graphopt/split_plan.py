@@ -305,20 +305,18 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
     if total <= 0 or k < 2 or not lay.fx:
         return []
     flops = np.diff(lay.before)
-    cut_giants = giants and strategy == "nodes"
-    if giants and not cut_giants:
+    if giants and (strategy != "nodes" or not (flops > total / k).any()):
         return []
-    giants = set() if speeds is not None or cut_giants else \
+    # nodes alone heavier than total/k keep a part each (unless asked to cut them)
+    heavy = set() if speeds is not None or giants else \
         {int(p) for p in np.flatnonzero(flops > total / k)}
-    if cut_giants and not (flops > total / k).any():
-        return []
     sp = [float(s) for s in (speeds or [1.0] * k)]
-    width = eps * (total - sum(flops[p] for p in giants)) / max(k - len(giants), 1) * \
+    width = eps * (total - sum(flops[p] for p in heavy)) / max(k - len(heavy), 1) * \
         min(sp) / (sum(sp) / k)            # how far one boundary may move: the full tolerance
     if balance == "flops":
-        targets = _targets(lay, k, speeds, giants)
+        targets = _targets(lay, k, speeds, heavy)
     else:
-        if speeds is not None or giants:
+        if speeds is not None or heavy:
             return []
         cg = CostGraph.from_graph(graph, device)
         # aim below the cap: the partitioner's cuts land near, not on, these points
@@ -330,7 +328,7 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
     for t in targets:
         i = int(np.searchsorted(lay.before, t, side="right")) - 1
         i = min(max(i, 0), len(lay.fx) - 1)
-        if i in giants or not lay.before[i] < t < lay.before[i + 1]:
+        if i in heavy or not lay.before[i] < t < lay.before[i + 1]:
             continue
         near = np.flatnonzero(np.abs(lay.before - t) <= width / 2)
         if strategy == "nodes":
@@ -341,13 +339,16 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
             held[4].append(t)
             continue
         floor = max((r[1] for r in regions), default=-1)
-        found = _find_region(lay, i, floor, giants) if i > floor else None
+        found = _find_region(lay, i, floor, heavy) if i > floor else None
         node_cost = float(lay.cut[near].min()) if len(near) else np.inf
         if found is not None and found[3] < node_cost:
             regions.append([*found, [t]])
         elif not len(near):
             single.setdefault(i, []).append(t)
-    spread = lambda ts: [t + s * e * width for t in ts for e in _EDGES for s in (-1, 1)] + ts  # noqa: E731
+
+    def spread(ts: list[float]) -> list[float]:
+        return ts + [t + side * e * width for t in ts for e in _EDGES for side in (-1, 1)]
+
     out: list[Cut] = []
     for a, b, reg, _, ts in regions:
         lab = [p for p in range(a, b + 1) if lay.fx[p].name in reg.dims]
@@ -356,7 +357,10 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
         cuts = sorted({c for t in spread(ts) if (c := _row_cut(t, start, work, reg.rows))})
         if cuts:
             out.append(Cut([lay.fx[p].name for p in range(a, b + 1)], cuts, reg))
+    inside = {p for a, b, *_ in regions for p in range(a, b + 1)}
     for i, ts in sorted(single.items()):
+        if i in inside:         # a region found later covers this node: its cuts do
+            continue
         how = node_split_kind(lay.fx[i])
         if how is None or how[0] < 2:
             continue

@@ -1,4 +1,4 @@
-"""Cut nodes so a pipeline stage boundary can land inside them; the same function, computed in blocks.
+"""Cut nodes so a pipeline stage boundary can land inside them: the same function, in blocks.
 
 What to cut comes from :func:`graphopt.split_plan.plan_splits` (read it for why and where). The
 rewrites, each exact:

@@ -158,3 +158,15 @@ def test_random_row_wise_chains_cut_into_blocks_equal_eager(ops, batch, tokens, 
     x = torch.randn(batch, tokens, d)
     with torch.no_grad():
         assert max_rel_err(split.run(x), (model(x),)) < 1e-5
+
+
+def test_random_ops_end_a_region():
+    class Drop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return F.dropout(self.lin(x), 0.5, training=True)
+
+    assert _region_of(Drop(), torch.randn(2, 12, 16), 1) is None
