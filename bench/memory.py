@@ -242,8 +242,8 @@ def goals(rows: list[dict]) -> list[str]:
 
 def _joint_problem(model, x):
     import graphopt
-    from graphopt.memory_joint import capture_joint
-    from graphopt.memory_build import build_problem
+    from graphopt.memory.joint import capture_joint
+    from graphopt.memory.remat.build import build_problem
     joint = capture_joint(graphopt.capture(model, (x,)), (x,))
     return len(joint.graph), build_problem(joint.graph, num_fwd_outputs=joint.num_fwd_outputs)
 
@@ -252,7 +252,7 @@ def random_problem(rng: np.random.Generator, n: int, stages: int):
     """A random candidate DAG with tensors, views and multi-output ops, like a joint graph's:
     each value feeds one or two of the eight before it and is read by backward stages near its
     mirror position."""
-    from graphopt.memory_model import RematProblem
+    from graphopt.memory.remat.problem import RematProblem
     kind, inputs = [], []
     for v in range(n):
         k = "item" if v and kind[-1] == "tuple" else rng.choice(
@@ -285,8 +285,8 @@ def random_problem(rng: np.random.Generator, n: int, stages: int):
 def quality(args) -> list[str]:
     from torch import nn
     from graphopt import zoo
-    from graphopt.memory_greedy import solve_greedy
-    from graphopt.memory_milp import milp_size, solve_milp
+    from graphopt.memory.remat.greedy import solve_greedy
+    from graphopt.memory.remat.milp import milp_size, solve_milp
 
     torch.manual_seed(0)
     graphs = {
@@ -350,11 +350,11 @@ def quality(args) -> list[str]:
 # -- 3. planner speed ----------------------------------------------------------------------------
 
 def speed(args) -> list[str]:
-    from graphopt.memory_greedy import solve_greedy
-    from graphopt.memory_build import build_problem
+    from graphopt.memory.remat.greedy import solve_greedy
+    from graphopt.memory.remat.build import build_problem
     from graphopt.zoo import ResidualMLP
     import graphopt
-    from graphopt.memory_joint import capture_joint
+    from graphopt.memory.joint import capture_joint
 
     torch.manual_seed(0)
     model, x = ResidualMLP(dim=16, depth=args.scale_depth, hidden=64), torch.randn(8, 16)

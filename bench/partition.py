@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 import graphopt
-from graphopt.partition_costgraph import CostGraph
-from graphopt.partition_dp import cuts_to_parts, equal_flops_split, make_budget, split_order
-from graphopt.partition_metrics import compute_metrics
-from graphopt.partition_plan import Partition
-from graphopt.partition_search import OBJECTIVES, PartitionOptions, search
+from graphopt.partition.costgraph import CostGraph
+from graphopt.partition.dp import cuts_to_parts, equal_flops_split, make_budget, split_order
+from graphopt.partition.metrics import compute_metrics
+from graphopt.partition.plan import Partition
+from graphopt.partition.search import OBJECTIVES, PartitionOptions, search
 from graphopt.passes import PassContext
 from graphopt.passes.partition_graph import SPLITS, partition_graph
 from graphopt.specs import load_spec

@@ -6,7 +6,7 @@ Registered through the ``torch_dynamo_backends`` entry point, so installing grap
 
 TorchDynamo hands over a torch-level graph; ``aot_autograd`` lowers it to ATen and splits training
 graphs into a forward and a backward graph. Each becomes a :class:`~graphopt.graph.Graph`, goes
-through the pipeline in :mod:`graphopt.pipeline`, and runs as the fx module the passes leave.
+through the pipeline in :mod:`graphopt.pass_lists`, and runs as the fx module the passes leave.
 Fused groups run as generated Triton kernels (:mod:`graphopt.kernels`): compiled on CUDA,
 through Triton's interpreter with ``triton_interpret``, or as their ATen subgraphs otherwise.
 """
@@ -22,7 +22,7 @@ import torch
 from graphopt.errors import GraphoptError
 from graphopt.graph import Graph
 from graphopt.passes import DumpInstrument, PassContext
-from graphopt.pipeline import (FUSION_STEPS, INFERENCE, TRAINING_BACKWARD, TRAINING_FORWARD,
+from graphopt.pass_lists import (FUSION_STEPS, INFERENCE, TRAINING_BACKWARD, TRAINING_FORWARD,
                                TRAINING_JOINT, run_pipeline)
 
 __all__ = ["BackendOptions", "graphopt_backend"]
@@ -146,9 +146,9 @@ def _partition(joint_module: torch.fx.GraphModule, joint_inputs, *, opts: Backen
                graph_id: int, num_fwd_outputs: int, **kwargs):
     """aot_autograd's ``partition_fn`` under a memory budget: plan the joint graph, then split."""
     from graphopt.export import write_atomic
-    from graphopt.memory_joint import joint_graph, split_joint
-    from graphopt.memory_liveness import analyze
-    from graphopt.memory_report import dumps, memory_report
+    from graphopt.memory.joint import joint_graph, split_joint
+    from graphopt.memory.liveness import analyze
+    from graphopt.memory.report import dumps, memory_report
     graph = joint_graph(joint_module, name=f"graph{graph_id}_joint")
     ctx = _context(opts, graph_id, "joint")
     on_cuda = any(getattr(x, "is_cuda", False) for x in torch.utils._pytree.tree_leaves(

@@ -1,6 +1,6 @@
 """Triton source for one fused group: a standalone, readable module.
 
-Two templates, chosen by the group's domain (:mod:`graphopt.fusion_domain`):
+Two templates, chosen by the group's domain (:mod:`graphopt.fusion.domain`):
 
 * **pointwise**: a 1-D grid over the ``N`` elements; each program takes ``BLOCK`` of them,
   masked at the tail. Inputs are read through their own strides (broadcast dims have stride 0),
@@ -32,8 +32,8 @@ import re
 
 import torch
 
-from graphopt.fusion_domain import PERSISTENT_MAX_COLS, operand_map
-from graphopt.fusion_ops import (CONSTANTS, POINTWISE, REDUCTIONS, VIEWS, compute_type,
+from graphopt.fusion.domain import PERSISTENT_MAX_COLS, operand_map
+from graphopt.fusion.ops import (CONSTANTS, POINTWISE, REDUCTIONS, VIEWS, compute_type,
                                  constant_value, literal, overload_key, storage_type)
 from graphopt.kernels.indexing import IndexSpace, contiguous_strides, terms
 from graphopt.kernels.indexing import offset as offset_expr

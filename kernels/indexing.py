@@ -3,7 +3,7 @@
 A kernel walks its iteration shape ``X`` with one or two index variables: ``lin`` (pointwise,
 the row-major index of ``X``) or ``r`` and ``c`` (reductions: the row over the kept dims and the
 column over the reduced dims). Dim ``k`` of ``X`` is ``(var // div) % size``. A tensor read or
-written at a member's index map (see :mod:`graphopt.fusion_domain`) sits at
+written at a member's index map (see :mod:`graphopt.fusion.domain`) sits at
 ``sum(index_d * stride_d)``; :func:`offset` writes that sum with broadcast dims dropped and
 adjacent dims that are contiguous with each other merged, so a contiguous row is just ``c`` and
 a bias is ``c % 768``, never a chain of divisions.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from graphopt.fusion_domain import LinearMap
+from graphopt.fusion.domain import LinearMap
 
 __all__ = ["IndexSpace", "Term", "offset", "terms", "contiguous_strides"]
 

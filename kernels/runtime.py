@@ -55,7 +55,8 @@ def _generator_hash() -> str:
     import hashlib
     import inspect
 
-    from graphopt import fusion_domain, fusion_ops
+    from graphopt.fusion import domain as fusion_domain
+    from graphopt.fusion import ops as fusion_ops
     from graphopt.kernels import codegen, indexing, render
     h = hashlib.sha256()
     for mod in (fusion_ops, fusion_domain, indexing, codegen, render):

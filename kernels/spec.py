@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from graphopt.fusion_domain import Domain, analyze
-from graphopt.fusion_ops import overload_key
+from graphopt.fusion.domain import Domain, analyze
+from graphopt.fusion.ops import overload_key
 
 __all__ = ["TensorLayout", "KernelSpec"]
 
@@ -48,7 +48,7 @@ class KernelSpec:
 
     Attributes:
         name: kernel name (the group's).
-        domain: the group's iteration domain (see :mod:`graphopt.fusion_domain`).
+        domain: the group's iteration domain (see :mod:`graphopt.fusion.domain`).
         nodes: the group's ops in topological order (fx nodes of the subgraph).
         inputs: the subgraph's placeholders, in argument order.
         outputs: the member nodes returned, in output order.

@@ -8,7 +8,7 @@ kernel) and the context's ``device`` (for the cost rule).
 
 Guarantees:
 
-* every group is one kernel :mod:`graphopt.fusion_domain` can lay out (pointwise, or row
+* every group is one kernel :mod:`graphopt.fusion.domain` can lay out (pointwise, or row
   reductions over one shape and dims with their prologue and epilogue);
 * no group creates a cycle: merging two groups is refused when a path leaves one and re-enters
   the other through a node outside both (checked by reachability), so the graph with each
@@ -35,10 +35,10 @@ import torch
 import torch.fx
 
 from graphopt.cost import OpClass, get_device, op_class
-from graphopt.fusion_domain import PERSISTENT_MAX_COLS, Domain, FusionReject, analyze
-from graphopt.fusion_ops import (CONSTANTS, FusionKind, fusion_kind, not_fusible_reason,
+from graphopt.fusion.domain import PERSISTENT_MAX_COLS, Domain, FusionReject, analyze
+from graphopt.fusion.ops import (CONSTANTS, FusionKind, fusion_kind, not_fusible_reason,
                                  overload_key)
-from graphopt.fusion_plan import FusionGroup, FusionPlan, Rejection, value_bytes
+from graphopt.fusion.plan import FusionGroup, FusionPlan, Rejection, value_bytes
 from graphopt.graph import Graph
 from graphopt.passes.infra import PassContext, PassResult, register_pass
 

@@ -7,7 +7,7 @@ options (all optional): ``mode`` (``pipeline`` | ``cut``), ``imbalance``, ``ncut
 ``ctx.device``.
 
 ``split`` (default ``off`` here, ``auto`` from the CLI): with ``auto`` the graph is partitioned
-as written and after each cut strategy of :mod:`graphopt.split_plan` (token blocks of row-wise
+as written and after each cut strategy of :mod:`graphopt.partition.split_plan` (token blocks of row-wise
 regions; single nodes cut around the ideal boundaries), and the best plan is kept (see
 :func:`_pick`): a boundary inside a transformer FFN block can send a quarter of what the nearest
 node boundary sends, but each cut region costs kernel launches, so neither always wins. ``rows``
@@ -15,12 +15,12 @@ or ``nodes`` compares one strategy with the graph as written.
 
 Guarantees: every node gets a part in ``0..k-1`` (parameters the lowest part that uses them);
 in ``pipeline`` mode data flows only from lower to higher parts; the plan, a
-:class:`~graphopt.partition_plan.Partition`, is left in ``ctx.artifacts["partition"]``. The
+:class:`~graphopt.partition.plan.Partition`, is left in ``ctx.artifacts["partition"]``. The
 returned graph is the input one, or a split copy that computes the same outputs. A graph that was
 split already is not split again. Deterministic for a fixed seed: running the pass twice gives
 the same parts and reports ``modified=False`` the second time.
 
-Complexity: see :mod:`graphopt.partition_search` (about O(k C^2 + E) per dynamic program plus a
+Complexity: see :mod:`graphopt.partition.search` (about O(k C^2 + E) per dynamic program plus a
 few METIS runs; under a second for 20k nodes), once per variant: with ``split="auto"`` up to nine
 searches (each cut variant twice: all offered cuts, then only those the plan used).
 """
@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
-from graphopt.partition_costgraph import CostGraph
-from graphopt.partition_metrics import pipeline_estimate
-from graphopt.partition_plan import Partition
-from graphopt.partition_search import (PartitionOptions, SearchResult, best_by_objective,
+from graphopt.partition.costgraph import CostGraph
+from graphopt.partition.metrics import pipeline_estimate
+from graphopt.partition.plan import Partition
+from graphopt.partition.search import (PartitionOptions, SearchResult, best_by_objective,
                                        search)
 from graphopt.passes.infra import PassContext, PassResult, register_pass
 from graphopt.passes.split_ops import apply_splits
-from graphopt.split_plan import BALANCES, STRATEGIES, plan_splits, prune_cuts
+from graphopt.partition.split_plan import BALANCES, STRATEGIES, plan_splits, prune_cuts
 
 __all__ = ["partition_graph", "options_from", "SPLITS"]
 
@@ -141,7 +141,7 @@ def _pick(found: list[_Variant], opts: PartitionOptions, whole=None) -> _Variant
     """The best plan over the variants, judged against the hand-made split of the model as
     written (and of the variant's own graph): first the balance asked for, then beating the
     hand-made split on both step time and volume (else on time), then ``opts.objective``
-    (:func:`~graphopt.partition_search.best_by_objective`)."""
+    (:func:`~graphopt.partition.search.best_by_objective`)."""
     if whole is None and found[0].name == "whole":
         whole = found[0].result.baselines["equal_flops"].metrics
 

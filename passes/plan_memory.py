@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graphopt.graph import Graph
-from graphopt.memory_arena import Arena, plan_arena
-from graphopt.memory_liveness import Liveness, analyze
+from graphopt.memory.arena import Arena, plan_arena
+from graphopt.memory.liveness import Liveness, analyze
 from graphopt.passes.infra import PassContext, PassResult, register_pass
 
 __all__ = ["plan_memory", "MemoryPlan"]

@@ -1,7 +1,7 @@
 """Rematerialization under a memory budget: save some activations, recompute the rest late.
 
 Needs: a joint forward+backward graph (aot_autograd's, e.g. from
-:func:`graphopt.memory_joint.capture_joint` or a backend ``partition_fn``) and
+:func:`graphopt.memory.joint.capture_joint` or a backend ``partition_fn``) and
 ``ctx.options["memory_budget"]``: a float in (0, 1] is a fraction of the bytes a partitioner
 without remat saves for the backward pass, an int is bytes. Optional options: ``num_fwd_outputs``
 (from aot_autograd), ``remat_solver`` (``auto``/``greedy``/``milp``), ``remat_time_limit``
@@ -11,9 +11,9 @@ device, default the context's).
 
 Guarantees: outputs and gradients are unchanged; random ops, collectives and ops with side
 effects are never recomputed; the activation memory held for the backward pass stays within the
-budget in the planner's accounting (:mod:`graphopt.memory_model`), with each recomputation just
+budget in the planner's accounting (:mod:`graphopt.memory.remat.problem`), with each recomputation just
 before its first use, or at the earlier stage the exact solver picks
-(:mod:`graphopt.memory_rewrite`). A budget below the feasible minimum is a
+(:mod:`graphopt.memory.remat.rewrite`). A budget below the feasible minimum is a
 :class:`~graphopt.errors.PlanError` that states the minimum. Running the pass again on its own
 output changes nothing; a graph whose nodes carry activation-checkpointing tags
 (``torch.utils.checkpoint`` inside the compiled region) is left to them. The plan goes to
@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
-from graphopt.memory_build import build_problem
-from graphopt.memory_greedy import solve_greedy
-from graphopt.memory_milp import milp_size, solve_milp
-from graphopt.memory_model import RematProblem, Solution, resolve_budget
-from graphopt.memory_rewrite import RECOMPUTE_META, apply_plan
+from graphopt.memory.remat.build import build_problem
+from graphopt.memory.remat.greedy import solve_greedy
+from graphopt.memory.remat.milp import milp_size, solve_milp
+from graphopt.memory.remat.problem import RematProblem, Solution, resolve_budget
+from graphopt.memory.remat.rewrite import RECOMPUTE_META, apply_plan
 from graphopt.passes.infra import PassContext, PassResult, register_pass
 
 __all__ = ["rematerialize", "solve", "RematReport", "AUTO_MILP_MAX_VARS"]

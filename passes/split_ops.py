@@ -1,6 +1,6 @@
 """Cut nodes so a pipeline stage boundary can land inside them: the same function, in blocks.
 
-What to cut comes from :func:`graphopt.split_plan.plan_splits` (read it for why and where). The
+What to cut comes from :func:`graphopt.partition.split_plan.plan_splits` (read it for why and where). The
 rewrites, each exact:
 
 * a **row region** (a transformer FFN block, say) becomes one copy of its ops per token block:
@@ -35,8 +35,8 @@ import torch.utils._pytree as pytree
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
 from graphopt.passes.infra import PassContext, PassResult, register_pass
-from graphopt.rowwise import SHAPE_ARG
-from graphopt.split_plan import Cut, cuts_from_dicts, node_split_kind, plan_splits
+from graphopt.partition.rowwise import SHAPE_ARG
+from graphopt.partition.split_plan import Cut, cuts_from_dicts, node_split_kind, plan_splits
 
 __all__ = ["split_ops", "apply_splits", "cut_like"]
 

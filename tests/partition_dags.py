@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from graphopt.partition_costgraph import CostGraph
+from graphopt.partition.costgraph import CostGraph
 
 
 @st.composite

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOP = ("graphopt.backend", "graphopt.cli", "graphopt.pipeline")
+TOP = ("graphopt.backend", "graphopt.cli", "graphopt.pass_lists")
 CORE = {"graph", "cost", "errors", "capture", "export", "specs", "zoo", "progress"}
 
 

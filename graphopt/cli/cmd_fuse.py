@@ -66,7 +66,7 @@ def _print_table(data: dict, directory: str) -> None:
 
 def run(args) -> int:
     from graphopt.passes import PassContext
-    from graphopt.pipeline import FUSION, run_pipeline
+    from graphopt.pass_lists import FUSION, run_pipeline
     if args.max_ops < 1:
         raise GraphoptError(f"--max-ops must be at least 1, got {args.max_ops}")
     progress = progress_from(args)

@@ -14,10 +14,10 @@ from graphopt.cli.common import add_model_args, load_and_capture, progress_from
 from graphopt.cost import DEVICES, LINKS
 from graphopt.errors import GraphoptError, PlanError
 from graphopt.export import GraphvizMissing, to_dot, to_html, to_svg, write_atomic
-from graphopt.partition_search import MODES, OBJECTIVES, check_early
+from graphopt.partition.search import MODES, OBJECTIVES, check_early
 from graphopt.passes import PassContext
 from graphopt.passes.partition_graph import SPLITS
-from graphopt.pipeline import PARTITION, run_pipeline
+from graphopt.pass_lists import PARTITION, run_pipeline
 
 ORDER = 20
 FORMATS = ("json", "dot", "svg", "html")

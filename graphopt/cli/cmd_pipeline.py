@@ -20,10 +20,10 @@ from graphopt.cli.cmd_partition import add_plan_args, make_plan, plan_options
 from graphopt.cli.common import add_model_args, load_and_capture, progress_from
 from graphopt.cost import DEVICES
 from graphopt.errors import GraphoptError, PlanError
-from graphopt.partition_plan import Partition
-from graphopt.partition_search import check_early
+from graphopt.partition.plan import Partition
+from graphopt.partition.search import check_early
 from graphopt.passes.split_ops import cut_like
-from graphopt.stage_runtime import run_pipeline
+from graphopt.distributed.stage_runtime import run_pipeline
 
 ORDER = 25
 

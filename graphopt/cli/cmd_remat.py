@@ -20,14 +20,14 @@ from graphopt.cli.common import add_model_args, print_json, progress_from
 from graphopt.cost import DEVICES
 from graphopt.errors import GraphoptError
 from graphopt.export import write_atomic
-from graphopt.memory_arena import plan_arena
-from graphopt.memory_liveness import analyze
-from graphopt.memory_build import forward_region
-from graphopt.memory_model import resolve_budget
-from graphopt.memory_plot import plot_live_memory
-from graphopt.memory_report import dumps, memory_report
+from graphopt.memory.arena import plan_arena
+from graphopt.memory.liveness import analyze
+from graphopt.memory.remat.build import forward_region
+from graphopt.memory.remat.problem import resolve_budget
+from graphopt.memory.plot import plot_live_memory
+from graphopt.memory.report import dumps, memory_report
 from graphopt.passes import PassContext
-from graphopt.pipeline import TRAINING_JOINT, run_pipeline
+from graphopt.pass_lists import TRAINING_JOINT, run_pipeline
 from graphopt.specs import load_spec, parse_overrides
 
 ORDER = 40
@@ -112,7 +112,7 @@ def _backward_start(graph) -> int:
 
 
 def _plan_train(args, budget, progress):
-    from graphopt.memory_joint import capture_joint
+    from graphopt.memory.joint import capture_joint
     notes = []
     loaded, graph = _capture(args, progress, train=True)
     flat = pytree.tree_leaves((loaded.inputs, loaded.kwargs or {}))

@@ -9,7 +9,7 @@ from graphopt.capture import graph_from_fx
 from graphopt.kernels import KernelSpec, generate, kernel_sources
 from graphopt.kernels.aot import compile_for_target
 from graphopt.passes import PassContext
-from graphopt.pipeline import FUSION, run_pipeline
+from graphopt.pass_lists import FUSION, run_pipeline
 
 F = torch.nn.functional
 bf16 = torch.bfloat16

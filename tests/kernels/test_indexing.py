@@ -1,6 +1,6 @@
 """Offsets: broadcast dims drop out, contiguous dims merge, reductions split into rows and
 columns, reshaped values walk the linear index."""
-from graphopt.fusion_domain import LinearMap
+from graphopt.fusion.domain import LinearMap
 from graphopt.kernels.indexing import IndexSpace, contiguous_strides, offset
 
 

@@ -13,7 +13,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from graphopt.capture import graph_from_fx
 from graphopt.kernels import KernelSpec, TensorLayout, bind_kernels, generate, runtime
 from graphopt.passes import PassContext
-from graphopt.pipeline import FUSION, run_pipeline
+from graphopt.pass_lists import FUSION, run_pipeline
 
 F = torch.nn.functional
 

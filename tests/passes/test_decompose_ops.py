@@ -5,7 +5,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 import graphopt
 from graphopt.capture import graph_from_fx
-from graphopt.fusion_ops import FusionKind, fusion_kind
+from graphopt.fusion.ops import FusionKind, fusion_kind
 from graphopt.passes import PassContext, get_pass
 from graphopt.passes.decompose_ops import COMPOSITES, FUSION_DECOMPOSITIONS
 

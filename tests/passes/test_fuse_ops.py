@@ -10,7 +10,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from graphopt.capture import graph_from_fx
 from graphopt.kernels import bind_kernels
 from graphopt.passes import PassContext, get_pass
-from graphopt.pipeline import run_pipeline
+from graphopt.pass_lists import run_pipeline
 
 F = torch.nn.functional
 

@@ -5,7 +5,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from graphopt.capture import graph_from_fx
 from graphopt.passes import PassContext, get_pass
-from graphopt.pipeline import run_pipeline
+from graphopt.pass_lists import run_pipeline
 
 
 def fn(x, w, b):

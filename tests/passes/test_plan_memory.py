@@ -6,7 +6,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 import graphopt
 from graphopt import zoo
 from graphopt.graph import Graph
-from graphopt.memory_joint import capture_joint
+from graphopt.memory.joint import capture_joint
 from graphopt.passes import PassContext, PassManager
 from graphopt.passes.plan_memory import plan_memory
 

@@ -12,9 +12,9 @@ from torch import nn
 import graphopt
 from graphopt import zoo
 from graphopt.errors import PlanError
-from graphopt.memory_joint import capture_joint, split_joint
-from graphopt.memory_build import forward_region
-from graphopt.memory_rewrite import RECOMPUTE_META
+from graphopt.memory.joint import capture_joint, split_joint
+from graphopt.memory.remat.build import forward_region
+from graphopt.memory.remat.rewrite import RECOMPUTE_META
 from graphopt.passes import PassContext, PassManager
 from graphopt.passes.rematerialize import rematerialize
 

@@ -1,0 +1,6 @@
+"""Memory planning: liveness and peak of a schedule, buffer reuse, and rematerialization.
+
+:mod:`.liveness` and :mod:`.arena` plan any graph; :mod:`.joint` builds and splits the joint
+forward+backward graph of a training step; :mod:`.remat` decides what to save and what to
+recompute under a budget; :mod:`.report` and :mod:`.plot` are what users read.
+"""

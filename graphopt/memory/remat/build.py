@@ -1,0 +1,179 @@
+"""The remat problem of a joint forward+backward graph (see :mod:`graphopt.memory.remat.problem`).
+
+Candidates are the forward values the backward part reads, directly or through recomputing
+another; stages are the backward nodes that read them. Each candidate gets its kind (a tensor
+or a multi-output op's output can be held; a view or a multi-output op is rerun where needed),
+its bytes, and its recompute cost from the cost model (roofline time or FLOPs; recomputed
+pointwise ops fuse into their consumer, so they are charged their arithmetic only).
+
+Never recomputed: random ops, collectives, ops with side effects or mutation, higher-order ops
+and anything that is not an ATen op (or a ``getitem`` of one): those are saved.
+
+Complexity: O(V + E).
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.fx
+
+from graphopt.cost import DeviceSpec, OpClass, get_device, op_class, roofline_seconds, tensor_bytes
+from graphopt.memory.remat.problem import RematProblem
+
+__all__ = ["build_problem", "forward_region", "recompute_cost", "is_recomputable"]
+
+_HOLDABLE = {"tensor", "item"}
+_COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "c10d", "_dtensor"}
+
+
+def _is_tangent(node: torch.fx.Node) -> bool:
+    return node.op == "placeholder" and str(node.target).startswith("tangents")
+
+
+def forward_region(gm: torch.fx.GraphModule) -> set[str]:
+    """Names of the forward nodes of a joint graph.
+
+    aot_autograd tags joint-graph nodes ``is_forward``/``is_backward``; as its default
+    partitioner does, everything (but tangents) up to the last forward-tagged node is forward.
+    Untagged graphs: the longest prefix that depends on no tangent.
+    """
+    nodes = [n for n in gm.graph.nodes if n.op != "output"]
+    tagged = [i for i, n in enumerate(nodes) if n.meta.get("partitioner_tag") == "is_forward"]
+    if tagged:
+        return {n.name for n in nodes[: tagged[-1] + 1] if not _is_tangent(n)}
+    tainted: set[torch.fx.Node] = set()
+    forward = set()
+    for n in nodes:
+        if _is_tangent(n) or any(a in tainted for a in n.all_input_nodes):
+            tainted.add(n)
+            if n.op != "placeholder":
+                break
+            continue
+        forward.add(n.name)
+    return forward
+
+
+def is_recomputable(node: torch.fx.Node) -> bool:
+    """Pure ATen ops (and getitem) only: no RNG, collectives, mutation or side effects."""
+    if node.op != "call_function":
+        return False
+    target = node.target
+    if target is operator.getitem:
+        return True
+    if not isinstance(target, torch._ops.OpOverload):
+        return False
+    if target.namespace in _COLLECTIVE_NAMESPACES or target._schema.is_mutable:
+        return False
+    if torch.Tag.nondeterministic_seeded in target.tags or op_class(target) == OpClass.RANDOM:
+        return False
+    if node.is_impure():
+        return False
+    return not target.name().startswith("aten::_assert")
+
+
+def _is_sym(node: torch.fx.Node) -> bool:
+    val = node.meta.get("val")
+    return isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool))
+
+
+def _kind(node: torch.fx.Node) -> str:
+    if node.target is operator.getitem:
+        parent = node.args[0]
+        return "view" if _kind(parent) == "view" else "item"
+    if isinstance(node.meta.get("val"), (tuple, list)):
+        return "view" if _is_view_op(node) else "tuple"
+    return "view" if _is_view_op(node) else "tensor"
+
+
+def _is_view_op(node: torch.fx.Node) -> bool:
+    return isinstance(node.target, torch._ops.OpOverload) and op_class(node.target) == OpClass.VIEW
+
+
+def recompute_cost(info, device: DeviceSpec | str | None = "h100", metric: str = "time",
+                   fused_pointwise: bool = True) -> float:
+    """The cost of recomputing one node: roofline seconds, or FLOPs with ``metric="flops"``.
+
+    With ``fused_pointwise`` an elementwise op is charged its arithmetic only: recomputed
+    pointwise ops fuse into their consumer, so they add no launch and no memory traffic.
+    """
+    if info.op_class == OpClass.VIEW:
+        return 0.0
+    if metric == "flops":
+        return float(info.flops)
+    spec = get_device(device or "h100")
+    if fused_pointwise and info.op_class == OpClass.ELEMENTWISE:
+        return info.flops / spec.vector_flops  # no launch, no traffic: it rides its consumer
+    return roofline_seconds(info.flops, info.bytes_read + info.bytes_written, info.op_class,
+                            info.dtype or "float32", spec)
+
+
+def build_problem(graph, *, device="h100", metric: str = "time", fused_pointwise: bool = True,
+                  num_fwd_outputs: int | None = None) -> RematProblem:
+    """The remat problem of a joint graph (a :class:`~graphopt.graph.Graph`).
+
+    Args:
+        graph: the joint forward+backward graph, in aot_autograd's form.
+        device, metric, fused_pointwise: the recompute cost model (:func:`recompute_cost`).
+        num_fwd_outputs: how many leading outputs are forward outputs; backward outputs that
+            are forward values count as uses at a last stage (the output node).
+    """
+    gm = graph.gm
+    forward = forward_region(gm)
+    nodes = [n for n in gm.graph.nodes]
+    fwd_nodes = [n for n in nodes if n.name in forward]
+
+    def is_candidate(n: torch.fx.Node) -> bool:
+        return n.op == "call_function" and n.name in forward and not _is_sym(n)
+
+    stage_nodes = [n for n in nodes if n.op == "call_function" and n.name not in forward
+                   and any(is_candidate(a) for a in n.all_input_nodes)]
+    out = next(n for n in reversed(nodes) if n.op == "output")
+    out_reads = []
+    if num_fwd_outputs is not None:
+        flat = list(torch.utils._pytree.tree_leaves(out.args))
+        out_reads = [a for a in flat[num_fwd_outputs:] if isinstance(a, torch.fx.Node)
+                     and is_candidate(a)]
+        if out_reads:
+            stage_nodes.append(out)
+    stage_of = {n: t for t, n in enumerate(stage_nodes)}
+
+    # Candidates: forward values reachable backwards from what the stages read.
+    needed: set[torch.fx.Node] = set()
+    stack = [a for s in stage_nodes for a in (out_reads if s is out else s.all_input_nodes)
+             if is_candidate(a)]
+    while stack:
+        v = stack.pop()
+        if v in needed:
+            continue
+        needed.add(v)
+        stack.extend(a for a in v.all_input_nodes if is_candidate(a))
+    cands = [n for n in fwd_nodes if n in needed]
+    idx = {n: i for i, n in enumerate(cands)}
+    uses: list[list[int]] = [[] for _ in cands]
+    for s in stage_nodes:
+        reads = out_reads if s is out else s.all_input_nodes
+        for a in dict.fromkeys(reads):
+            if a in idx:
+                uses[idx[a]].append(stage_of[s])
+    kind = [_kind(n) for n in cands]
+    hold = np.zeros(len(cands), dtype=np.int64)
+    work = np.zeros(len(cands), dtype=np.int64)
+    cost = np.zeros(len(cands), dtype=np.float64)
+    flops = np.zeros(len(cands), dtype=np.int64)
+    recomputable = np.zeros(len(cands), dtype=bool)
+    for i, n in enumerate(cands):
+        info = graph.info[n.name]
+        nbytes = tensor_bytes(n.meta.get("val"))
+        hold[i] = nbytes if kind[i] in _HOLDABLE else 0
+        work[i] = nbytes if kind[i] in ("tensor", "tuple") else 0
+        cost[i] = 0.0 if kind[i] in ("view", "item") else recompute_cost(
+            info, device, metric, fused_pointwise)
+        flops[i] = info.flops
+        recomputable[i] = is_recomputable(n)
+    inputs = [sorted({idx[a] for a in n.all_input_nodes if a in idx}) for n in cands]
+    return RematProblem(names=[n.name for n in cands], kind=kind, hold=hold, work=work,
+                        cost=cost, flops=flops, recomputable=recomputable, inputs=inputs,
+                        uses=[sorted(u) for u in uses],
+                        stage_names=[n.name for n in stage_nodes])

@@ -1,0 +1,427 @@
+"""Search for the plan: every method run side by side, the best kept, the baselines measured.
+
+Needs: a :class:`~graphopt.partition.costgraph.CostGraph` and :class:`PartitionOptions`.
+Guarantees: in ``pipeline`` mode the plan is acyclic and stage-ordered; every plan respects the
+FLOPs budget (relaxed, with a note, only when no plan meets it) and the memory cap; the same
+inputs and seed give the same plan.
+
+``pipeline`` mode candidates, each refined afterwards by :func:`~graphopt.partition.refine.refine`:
+
+1. the exact contiguous-split DP along the graph's own topological order (and, as a floor,
+   the refined equal-FLOPs split);
+2. for each METIS run (seed ``seed + t``, best of ``ncuts``): the DP along the topological order
+   guided by METIS' repaired labels, and the repaired METIS partition itself after balance-FM.
+
+Each DP runs twice: fewest bytes within ``time_slack`` of its fastest split, and fewest bytes
+no slower than the hand-made split. The plan is chosen among those within the FLOPs budget and
+the memory cap, by ``objective``: ``volume`` (the default) takes the fewest bytes among the
+plans no slower than the equal-FLOPs split by the pipeline-time estimate (the step-time
+guarantee a user needs to trust it over their own split); ``time`` takes the fastest, counting
+plans within ``time_slack`` of it as equally fast (the roofline is not finer than that) and
+sending the fewest bytes among those. On NVLink, where bytes cost almost no time, the two differ
+most: ``time`` spends bytes on a few percent of step time. ``cut`` mode keeps the least volume
+over METIS' general k-way answers after unordered refinement and every ``pipeline`` candidate (a
+stage-ordered plan is a placement too). Baselines: the equal-FLOPs contiguous split of the graph
+order (what a user does by hand) and the optimal contiguous split by min-max DP (PipeDream).
+
+Complexity: a few METIS runs plus O(k C^2 + E) per DP and O(moves * degree) per refinement pass.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphopt.cost import DEVICES, LINKS, get_device, get_link
+from graphopt.errors import PlanError
+from graphopt.partition.acyclic import guided_order, rank_labels, renumber_topologically, repair
+from graphopt.partition.costgraph import CostGraph
+from graphopt.partition.dp import Budget, cuts_to_parts, equal_flops_split, make_budget, split_order
+from graphopt.partition.metis import metis_csr, metis_labels
+from graphopt.partition.metrics import Metrics, compute_metrics
+from graphopt.partition.refine import rebalance, refine
+
+__all__ = ["PartitionOptions", "Candidate", "SearchResult", "search", "check_early", "MODES",
+           "OBJECTIVES", "default_link", "ordered_parts", "best_by_objective"]
+
+MODES = ("pipeline", "cut")
+OBJECTIVES = ("volume", "time")
+_LINK_FOR = {"h100": "nvlink4", "a100": "nvlink3", "cpu": "loopback"}
+
+
+def default_link(device: str) -> str:
+    return _LINK_FOR.get(str(device).lower(), "pcie4")
+
+
+@dataclass
+class PartitionOptions:
+    """What to partition for. ``None`` fields take defaults that scale with the graph.
+
+    Attributes:
+        k: parts (devices / pipeline stages).
+        mode: ``pipeline`` (acyclic, stage-ordered) or ``cut`` (any k-way placement).
+        imbalance: allowed ``max part FLOPs / (total / k) - 1``.
+        seed: METIS seed (runs use ``seed``, ``seed + 1``, ...).
+        ncuts: METIS' best-of-N cuts per run; tries: METIS runs with different seeds.
+        device, link: cost-model presets for stage times (link defaults by device).
+        microbatches: micro-batches per step, for the estimate and in-flight memory.
+        schedule: ``1f1b`` or ``gpipe``: how many micro-batches' activations a stage holds.
+        memory_cap: bytes per device (default: the device preset's memory).
+        speeds: relative device speeds (METIS ``tpwgts`` and the stage-time model).
+        time_slack: relative slowdown the volume-minimizing DP pass may take.
+        refine: run the FM refinement.
+        time_budget: seconds after which no new optional step starts.
+        objective: ``volume`` (fewest bytes, no slower than the hand-made split) or ``time``
+            (fastest, fewest bytes within ``time_slack``).
+    """
+
+    k: int
+    mode: str = "pipeline"
+    imbalance: float = 0.03
+    seed: int = 0
+    ncuts: int | None = None
+    tries: int | None = None
+    device: str = "h100"
+    link: str | None = None
+    microbatches: int = 8
+    schedule: str = "1f1b"
+    memory_cap: float | None = None
+    speeds: list[float] | None = None
+    time_slack: float = 0.05
+    refine: bool = True
+    time_budget: float | None = None
+    objective: str = "volume"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Candidate:
+    """One plan the search produced, with its recomputed metrics."""
+
+    method: str
+    part: np.ndarray
+    metrics: Metrics
+    seconds: float = 0.0
+
+    def row(self) -> dict:
+        m = self.metrics
+        return {"method": self.method, "comm_bytes": m.comm_bytes, "imbalance": m.imbalance,
+                "acyclic": m.acyclic, "stage_ordered": m.stage_ordered,
+                "bottleneck_seconds": m.bottleneck_seconds, "seconds": self.seconds}
+
+
+@dataclass
+class SearchResult:
+    best: Candidate
+    baselines: dict[str, Candidate]
+    candidates: list[Candidate]
+    budget: Budget
+    eps_used: float
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def check_early(k, imbalance) -> None:
+    """The checks that need no graph: ``k`` and the imbalance range."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+        raise PlanError(f"k must be an integer, got {k!r}")
+    if k < 1:
+        raise PlanError(f"k must be at least 1, got {k}")
+    hi = max(1.0, k - 1.0)
+    if isinstance(imbalance, bool) or not isinstance(imbalance, (int, float)) or \
+            not math.isfinite(imbalance) or not 0.0 <= imbalance <= hi:
+        raise PlanError(f"imbalance must be in [0, {hi:g}] for k={k} (max part FLOPs / "
+                        f"(total / k) - 1 cannot exceed k - 1), got {imbalance}")
+
+
+def _check(cg: CostGraph, o: PartitionOptions) -> None:
+    check_early(o.k, o.imbalance)
+    ncomp = cg.compute_count
+    if o.k > ncomp:
+        raise PlanError(f"k={o.k} is more than the {ncomp} compute nodes of {cg.name}: "
+                        f"use k <= {ncomp}")
+    if o.mode not in MODES:
+        raise PlanError(f"mode must be one of {', '.join(MODES)}, got {o.mode!r}")
+    if o.objective not in OBJECTIVES:
+        raise PlanError(f"objective must be one of {', '.join(OBJECTIVES)}, got {o.objective!r}")
+    if o.device not in DEVICES:
+        raise PlanError(f"unknown device {o.device!r}; known: {', '.join(DEVICES)}")
+    if o.link is not None and o.link not in LINKS:
+        raise PlanError(f"unknown link {o.link!r}; known: {', '.join(LINKS)}")
+    if int(o.microbatches) < 1:
+        raise PlanError(f"microbatches must be at least 1, got {o.microbatches}")
+    if o.schedule not in ("1f1b", "gpipe"):
+        raise PlanError(f"schedule must be 1f1b or gpipe, got {o.schedule!r}")
+    if o.speeds is not None and (len(o.speeds) != o.k or any(not s > 0 for s in o.speeds)):
+        raise PlanError(f"speeds needs {o.k} positive numbers, got {o.speeds}")
+    if o.memory_cap is not None and not o.memory_cap > 0:
+        raise PlanError(f"memory cap must be positive, got {o.memory_cap}")
+    total = cg.total_flops
+    if o.k > 1 and total > 0:
+        heavy = int(np.argmax(np.where(cg.is_param, -1, cg.flops)))
+        share = cg.flops[heavy] / total
+        best = share * o.k - 1.0
+        if share > 0.5 and best > o.imbalance:
+            raise PlanError(
+                f"cannot balance {o.k} parts: node {cg.names[heavy]!r} alone holds {share:.1%} of "
+                f"the FLOPs, more than all other nodes together; the best achievable imbalance "
+                f"is {best:.3g} ({cg.names[heavy]!r} alone in its part): pass --imbalance "
+                f"{math.ceil(best * 1000) / 1000:g} to accept it, or use fewer parts")
+
+
+def _inflight(o: PartitionOptions) -> np.ndarray:
+    m, k = int(o.microbatches), o.k
+    if o.schedule == "gpipe":
+        return np.full(k, float(m))
+    return np.array([float(min(m, k - s)) for s in range(k)])
+
+
+class _Run:
+    """Shared state of one search: the cost graph, link, budget and the candidate list."""
+
+    def __init__(self, cg: CostGraph, o: PartitionOptions, budget: Budget, deadline: float):
+        self.cg, self.o, self.budget, self.deadline = cg, o, budget, deadline
+        link = get_link(o.link or default_link(o.device))
+        self.alpha, self.beta = link.alpha, link.beta
+        self.speeds = list(budget.speeds)
+        self.cands: list[Candidate] = []
+        # candidate cuts per stage boundary: the DPs cost O(k C^2), so fewer on huge graphs
+        self.max_candidates = 512 if len(cg.movable) <= 50_000 else 256
+
+    def metrics(self, part: np.ndarray) -> Metrics:
+        return compute_metrics(self.cg, part, self.o.k, alpha=self.alpha, beta=self.beta,
+                               speeds=self.speeds)
+
+    def add(self, method: str, part: np.ndarray | None, start: float) -> Candidate | None:
+        if part is None:
+            return None
+        c = Candidate(method, part, self.metrics(part), time.perf_counter() - start)
+        self.cands.append(c)
+        return c
+
+    def dp(self, order, *, force=(), comm_time_limit=None):
+        return split_order(self.cg, order, self.o.k, budget=self.budget, alpha=self.alpha,
+                           beta=self.beta, time_slack=self.o.time_slack, force=list(force),
+                           comm_time_limit=comm_time_limit, max_candidates=self.max_candidates)
+
+    def refined(self, part, ordered: bool):
+        if not self.o.refine or time.perf_counter() > self.deadline:
+            return part
+        return refine(self.cg, part, self.o.k, self.budget, alpha=self.alpha, beta=self.beta,
+                      ordered=ordered, deadline=self.deadline)
+
+
+def _baselines(run: _Run) -> dict[str, Candidate]:
+    cg, k = run.cg, run.o.k
+    order = cg.movable
+    t0 = time.perf_counter()
+    eq = cuts_to_parts(cg, order, equal_flops_split(cg, order, k))
+    out = {"equal_flops": Candidate("equal_flops", eq, run.metrics(eq),
+                                    time.perf_counter() - t0)}
+    t0 = time.perf_counter()
+    ub = out["equal_flops"].metrics.bottleneck_seconds
+    cuts = split_order(cg, order, k, budget=None, alpha=run.alpha, beta=run.beta, time_ub=ub,
+                       minimize_comm=False, max_candidates=run.max_candidates)
+    if cuts is not None:
+        part = cuts_to_parts(cg, order, cuts)
+        out["contiguous_dp"] = Candidate("contiguous_dp", part, run.metrics(part),
+                                         time.perf_counter() - t0)
+    return out
+
+
+def _pipeline_candidates(run: _Run, base: dict[str, Candidate], labels: list[np.ndarray]):
+    cg, k = run.cg, run.o.k
+    t_base = base["equal_flops"].metrics.bottleneck_seconds
+
+    def dp_candidates(name: str, order: np.ndarray, force=()) -> None:
+        seen = set()
+        for tag, limit in (("", None), ("+volume", t_base)):
+            if time.perf_counter() > run.deadline and run.cands:
+                return
+            start = time.perf_counter()
+            cuts = run.dp(order, force=force, comm_time_limit=limit)
+            if cuts is None or tuple(cuts) in seen:
+                continue
+            seen.add(tuple(cuts))
+            run.add(f"dp:{name}{tag}", run.refined(cuts_to_parts(cg, order, cuts), True), start)
+
+    dp_candidates("graph-order", cg.movable, [equal_flops_split(cg, cg.movable, k)])
+    start = time.perf_counter()  # the refined hand-made split: a floor for the choice
+    run.add("equal_flops+refine", run.refined(base["equal_flops"].part, True), start)
+    for t, lab in enumerate(labels):
+        if time.perf_counter() > run.deadline:
+            return
+        stage = repair(cg, rank_labels(cg, lab, k), k)
+        dp_candidates(f"metis-order[{t}]", guided_order(cg, stage))
+        if cg.n <= 50_000 and time.perf_counter() < run.deadline:
+            start = time.perf_counter()
+            fixed = rebalance(cg, cg.param_parts(stage, k), k, run.budget, alpha=run.alpha,
+                              beta=run.beta, ordered=True, deadline=run.deadline)
+            if fixed is not None:
+                run.add(f"metis+repair[{t}]", run.refined(fixed, True), start)
+
+
+def _cut_candidates(run: _Run, labels: list[np.ndarray]):
+    cg, k = run.cg, run.o.k
+    for t, lab in enumerate(labels):
+        start = time.perf_counter()
+        part = cg.param_parts(np.where(lab < 0, 0, lab), k)
+        m = run.metrics(part)
+        if m.imbalance > run.budget.eps + 1e-9 and not run.budget.giant.any():
+            part = rebalance(cg, part, k, run.budget, alpha=run.alpha, beta=run.beta,
+                             ordered=False, deadline=run.deadline)
+        if part is not None:
+            run.add(f"metis[{t}]", run.refined(part, False), start)
+    start = time.perf_counter()
+    cuts = run.dp(cg.movable)
+    if cuts is not None:
+        run.add("dp:graph-order", run.refined(cuts_to_parts(cg, cg.movable, cuts), False), start)
+
+
+def best_by_objective(pool: list, metrics_of, o: PartitionOptions, guarded: bool = True):
+    """The objective's pick from ``pool``: ``volume``: fewest bytes, then fastest; ``time``:
+    fastest within ``time_slack``, then fewest bytes. ``guarded``: every plan in ``pool`` is
+    no slower than the hand-made split (otherwise ``volume`` falls back to ``time``, so that
+    fewer bytes never buy an unbounded slowdown)."""
+    if o.objective == "volume" and guarded:
+        return min(pool, key=lambda c: (metrics_of(c).comm_bytes,
+                                        metrics_of(c).bottleneck_seconds))
+    fastest = min(metrics_of(c).bottleneck_seconds for c in pool)
+    near = [c for c in pool if metrics_of(c).bottleneck_seconds <= fastest *
+            (1 + o.time_slack) + 1e-15]
+    return min(near, key=lambda c: (metrics_of(c).comm_bytes, metrics_of(c).bottleneck_seconds))
+
+
+def _within_budget(run: _Run, c: Candidate) -> bool:
+    b = run.budget
+    f = np.asarray(c.metrics.part_flops, dtype=np.float64)
+    g = np.bincount(c.part[run.cg.movable], weights=np.where(b.giant, run.cg.flops, 0)
+                    [run.cg.movable], minlength=run.o.k)
+    caps = np.array([b.cap(s, g[s]) for s in range(run.o.k)])
+    m = c.metrics
+    mem = np.asarray(m.part_param_bytes, dtype=np.float64) + \
+        b.inflight[:run.o.k] * np.asarray(m.part_act_bytes, dtype=np.float64)
+    return bool(np.all(f <= caps + 1e-9 * max(run.cg.total_flops, 1))) and \
+        bool(np.all(mem <= b.mem_cap))
+
+
+def _choose(run: _Run, base: dict[str, Candidate]) -> Candidate | None:
+    cands = [c for c in run.cands if _within_budget(run, c)]
+    if run.o.mode == "pipeline":
+        cands = [c for c in cands if c.metrics.stage_ordered or run.o.k == 1]
+        if not cands:
+            return None
+        ref = base["equal_flops"].metrics
+        t_ref = ref.bottleneck_seconds * (1 + 1e-12)
+        dom = [c for c in cands if c.metrics.comm_bytes <= ref.comm_bytes and
+               c.metrics.bottleneck_seconds <= t_ref]
+        faster = [c for c in cands if c.metrics.bottleneck_seconds <= t_ref]
+        return best_by_objective(dom or faster or cands, lambda c: c.metrics, run.o,
+                                 guarded=bool(faster))
+    if not cands:
+        return None
+    return min(cands, key=lambda c: (c.metrics.comm_bytes, c.metrics.imbalance))
+
+
+def _search_once(cg: CostGraph, o: PartitionOptions, budget: Budget, deadline: float,
+                 labels: list[np.ndarray]):
+    run = _Run(cg, o, budget, deadline)
+    base = _baselines(run)
+    _pipeline_candidates(run, base, labels)
+    if o.mode == "cut":     # stage-ordered plans are placements too: cut mode never does worse
+        _cut_candidates(run, labels)
+    return run, base, _choose(run, base)
+
+
+def search(cg: CostGraph, o: PartitionOptions) -> SearchResult:
+    """Run every method, keep the best plan; raise PlanError for input no plan can satisfy.
+
+    Example:
+        >>> res = search(cg, PartitionOptions(k=4, mode="pipeline", imbalance=0.03, seed=0))
+        >>> res.best.method, res.best.metrics.comm_bytes, res.baselines["equal_flops"].metrics
+    """
+    start = time.perf_counter()
+    _check(cg, o)
+    k = o.k
+    mem_cap = float(o.memory_cap) if o.memory_cap is not None else \
+        float(get_device(o.device).memory)
+    nmov = len(cg.movable)
+    budget_s = o.time_budget if o.time_budget is not None else \
+        (10.0 if nmov <= 5_000 else 0.5 if nmov <= 50_000 else 1.0)
+    deadline = start + budget_s
+    if k == 1:
+        budget = make_budget(cg, 1, o.imbalance, speeds=o.speeds, mem_cap=mem_cap,
+                             inflight=_inflight(o))
+        run = _Run(cg, o, budget, deadline)
+        part = cg.param_parts(np.zeros(cg.n, dtype=np.int64), 1)
+        c = run.add("single", part, start)
+        return SearchResult(c, {"equal_flops": c, "contiguous_dp": c}, [c], budget,
+                            o.imbalance, seconds=time.perf_counter() - start)
+    ncuts = o.ncuts if o.ncuts is not None else (4 if nmov <= 50_000 else 1)
+    tries = o.tries if o.tries is not None else (2 if nmov <= 50_000 else 1)
+    csr = metis_csr(cg)
+    labels = [metis_labels(cg, k, seed=o.seed + t, ncuts=ncuts, eps=o.imbalance,
+                           speeds=o.speeds, csr=csr) for t in range(tries)]
+    notes: list[str] = []
+    eps = o.imbalance
+    inflight = _inflight(o)
+    budget = make_budget(cg, k, eps, speeds=o.speeds, mem_cap=mem_cap, inflight=inflight)
+    run, base, best = _search_once(cg, o, budget, deadline, labels)
+    if best is None:
+        eps = _least_feasible_eps(cg, o, eps, mem_cap, inflight, run)
+        if eps is None:
+            _memory_error(cg, o, mem_cap, inflight, run)
+            raise PlanError(f"no {o.mode} plan found for k={k}")
+        budget = make_budget(cg, k, eps, speeds=o.speeds, mem_cap=mem_cap, inflight=inflight)
+        run, base, best = _search_once(cg, o, budget, deadline, labels)
+        if best is None:
+            raise PlanError(f"no {o.mode} plan found for k={k}")
+    notes.extend(budget.notes)
+    if eps > o.imbalance:
+        why = "node granularity" + (" and memory cap" if o.memory_cap is not None else "")
+        notes.append(f"no plan balances the FLOPs within {o.imbalance:.1%} at this {why}; "
+                     f"the plan keeps every part within {eps:.1%} of its share")
+    return SearchResult(best, base, run.cands, budget, eps, notes,
+                        time.perf_counter() - start)
+
+
+def _least_feasible_eps(cg, o, eps, mem_cap, inflight, run) -> float | None:
+    """Smallest tolerance (to 1% of the share) at which the graph order has a contiguous split."""
+    def ok(e):
+        b = make_budget(cg, o.k, e, speeds=o.speeds, mem_cap=mem_cap, inflight=inflight)
+        return split_order(cg, cg.movable, o.k, budget=b, alpha=run.alpha, beta=run.beta,
+                           minimize_comm=False) is not None
+    hi = max(1.0, o.k - 1.0)
+    if not ok(hi):
+        return None
+    lo = eps
+    while hi - lo > 0.01:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+def _memory_error(cg, o, mem_cap, inflight, run) -> None:
+    """Raise the memory-cap PlanError when a plan exists without the cap."""
+    if not np.isfinite(mem_cap):
+        return
+    free = make_budget(cg, o.k, max(1.0, o.k - 1.0), speeds=o.speeds, inflight=inflight)
+    cuts = split_order(cg, cg.movable, o.k, budget=free, alpha=run.alpha, beta=run.beta)
+    if cuts is None:
+        return
+    m = run.metrics(cuts_to_parts(cg, cg.movable, cuts))
+    need = max(p + a * f for p, a, f in zip(m.part_param_bytes, m.part_act_bytes, inflight))
+    raise PlanError(f"no {o.mode} plan fits the memory cap of {mem_cap:.4g} bytes per device "
+                    f"(parameters + activations of {int(max(inflight))} micro-batches in flight); "
+                    f"a plan ignoring the cap needs {need:.4g}: raise the cap, use more parts or "
+                    "fewer micro-batches")
+
+
+def ordered_parts(cg: CostGraph, part: np.ndarray, k: int) -> np.ndarray:
+    """Parts renumbered in topological order when the plan is acyclic (unchanged otherwise)."""
+    new = renumber_topologically(cg, part, k)
+    return cg.param_parts(new, k) if new is not None else part
