@@ -2,9 +2,10 @@
 epilogue, so intermediates stay in registers.
 
 Needs: an ATen graph with ``meta['val']`` on its nodes; composites lowered by
-``decompose_ops`` first for norms and softmax to fuse (without it they stay in ATen). Reads the
-options ``fuse_max_ops`` (default 64 ops a kernel) and ``fuse_max_inputs`` (default 24 tensors a
-kernel) and the context's ``device`` (for the cost rule).
+``decompose_ops`` first for norms and softmax to fuse (without it they stay in ATen). Takes the
+size caps ``max_ops`` (default 64 ops a kernel) and ``max_inputs`` (default 24 tensors a kernel)
+and the ``device`` whose roofline the cost rule uses. The pass :mod:`graphopt.passes.fuse_ops`
+is its adapter.
 
 Guarantees:
 
@@ -15,8 +16,8 @@ Guarantees:
   group outlined into one node stays a DAG;
 * groups never cross partitions when nodes carry ``part``;
 * every refused candidate is recorded with a reason code (``FusionPlan.rejected``);
-* ``NodeInfo.group`` names each member's group; the plan is left in ``ctx.artifacts["fusion"]``.
-  The graph itself is not rewritten (``outline_groups`` does that), so the pass is idempotent.
+* the graph itself is not changed: the pass records each member's group in ``NodeInfo.group``
+  and ``outline_groups`` rewrites the graph, so planning is idempotent.
 
 Greedy vertical fusion in topological order: for each op, its producers are tried
 largest-edge first; a merge stands when it is legal and the cost rule agrees: the merged
@@ -34,15 +35,18 @@ import math
 import torch
 import torch.fx
 
-from graphopt.cost import OpClass, get_device, op_class
+from graphopt import op_table
+from graphopt.cost import OpClass, get_device
 from graphopt.fusion.domain import PERSISTENT_MAX_COLS, Domain, FusionReject, analyze
 from graphopt.fusion.ops import (CONSTANTS, FusionKind, fusion_kind, not_fusible_reason,
                                  overload_key)
 from graphopt.fusion.plan import FusionGroup, FusionPlan, Rejection, value_bytes
 from graphopt.graph import Graph
-from graphopt.passes.infra import PassContext, PassResult, register_pass
 
-__all__ = ["fuse_ops", "plan_fusion"]
+__all__ = ["plan_fusion", "DEFAULT_MAX_OPS", "DEFAULT_MAX_INPUTS"]
+
+DEFAULT_MAX_OPS = 64
+DEFAULT_MAX_INPUTS = 24
 
 
 def _val(node: torch.fx.Node):
@@ -57,11 +61,9 @@ def _is_view(node: torch.fx.Node) -> bool:
     kind = fusion_kind(node)
     if kind in (FusionKind.VIEW, FusionKind.BROADCAST):
         return True
-    if kind == FusionKind.INJECTIVE and node.op == "call_function":
-        return getattr(node.target, "__name__", "") == "getitem" or (
-            isinstance(node.target, torch._ops.OpOverload)
-            and op_class(node.target) == OpClass.VIEW)
-    return False
+    # INJECTIVE nodes are OpOverloads and getitem: the table says which of them alias.
+    return kind == FusionKind.INJECTIVE and node.op == "call_function" and \
+        op_table.aliases(node.target)
 
 
 def _does_work(node: torch.fx.Node) -> bool:
@@ -143,12 +145,12 @@ def _unfused_bytes(nodes: list[torch.fx.Node]) -> int:
 
 
 class _Fuser:
-    def __init__(self, graph: Graph, ctx: PassContext):
+    def __init__(self, graph: Graph, max_ops: int, max_inputs: int, device: str):
         self.graph = graph
         self.gm = graph.gm
-        self.max_ops = int(ctx.option("fuse_max_ops", 64))
-        self.max_inputs = int(ctx.option("fuse_max_inputs", 24))
-        device = get_device(ctx.device)
+        self.max_ops = max_ops
+        self.max_inputs = max_inputs
+        device = get_device(device)
         self.bandwidth = device.bandwidth
         self.launch = device.launch_seconds or 3e-6
         self.why: dict[torch.fx.Node, str | None] = {
@@ -287,30 +289,15 @@ class _Fuser:
         return plan
 
 
-def plan_fusion(graph: Graph, ctx: PassContext | None = None) -> FusionPlan:
+def plan_fusion(graph: Graph, *, max_ops: int = DEFAULT_MAX_OPS,
+                max_inputs: int = DEFAULT_MAX_INPUTS, device: str = "h100") -> FusionPlan:
     """Plan the fusion of ``graph`` without touching it.
 
     Example:
         >>> plan = plan_fusion(graphopt.capture(model, (x,)))
         >>> plan.summary()["kernels"]
     """
-    fuser = _Fuser(graph, ctx or PassContext())
+    fuser = _Fuser(graph, max_ops, max_inputs, device)
     fuser.vertical()
     fuser.siblings()
     return fuser.plan()
-
-
-@register_pass("fuse_ops")
-def fuse_ops(graph: Graph, ctx: PassContext) -> PassResult:
-    before = {name: info.group for name, info in graph.info.items()}
-    plan = plan_fusion(graph, ctx)
-    group_of = plan.group_of()
-    for name, info in graph.info.items():
-        if info.op == "call_function":
-            info.group = group_of.get(name)
-    ctx.artifacts["fusion"] = plan
-    after = {name: info.group for name, info in graph.info.items()}
-    summary = plan.summary()
-    return PassResult(graph, before != after,
-                      {k: summary[k] for k in ("kernels", "fused_ops", "aten_ops",
-                                               "bytes_unfused", "bytes_fused")})
