@@ -9,6 +9,13 @@ graphs into a forward and a backward graph. Each becomes a :class:`~graphopt.gra
 through the pipeline in :mod:`graphopt.pass_lists`, and runs as the fx module the passes leave.
 Fused groups run as generated Triton kernels (:mod:`graphopt.kernels`): compiled on CUDA,
 through Triton's interpreter with ``triton_interpret``, or as their ATen subgraphs otherwise.
+
+Without fusion (CPU tensors, unless ``fuse`` or ``triton_interpret`` asks for it) the steps that
+only prepare fusion are skipped, so each graph runs as the boxed fx code aot_autograd handed over,
+as under ``aot_eager``: graphopt adds nothing per call (``bench/backend.py`` measures it). Training
+graphs are split by aot_autograd's default partitioner (aot_eager's min-cut one recomputes a few
+cheap ops instead of saving them; on the CPU the two steps cost the same within noise), unless a
+``memory_budget`` asks for graphopt's own plan.
 """
 from __future__ import annotations
 
@@ -21,9 +28,15 @@ import torch
 
 from graphopt.errors import GraphoptError
 from graphopt.graph import Graph
+from graphopt.pass_lists import (
+    FUSION_STEPS,
+    INFERENCE,
+    TRAINING_BACKWARD,
+    TRAINING_FORWARD,
+    TRAINING_JOINT,
+    run_pipeline,
+)
 from graphopt.passes import DumpInstrument, PassContext
-from graphopt.pass_lists import (FUSION_STEPS, INFERENCE, TRAINING_BACKWARD, TRAINING_FORWARD,
-                               TRAINING_JOINT, run_pipeline)
 
 __all__ = ["BackendOptions", "graphopt_backend"]
 
@@ -36,7 +49,8 @@ class BackendOptions:
 
     Attributes:
         memory_budget: float in (0, 1] (fraction of the no-remat saved-activation bytes) or int
-            bytes; training graphs only.
+            bytes; training graphs only. Below a graph's feasible minimum, the tightest plan
+            and one warning with the minimum.
         fuse: run fused groups as generated Triton kernels (default: on for CUDA tensors).
         triton_interpret: run the generated kernels on CPU tensors through Triton's interpreter.
         dump_dir: write the captured graphs, plans and kernel sources there.
@@ -73,12 +87,24 @@ class BackendOptions:
         return opts
 
 
-def _context(opts: BackendOptions, graph_id: int, role: str) -> PassContext:
-    ctx = PassContext(options={"memory_budget": opts.memory_budget, "fuse": opts.fuse,
-                               "triton_interpret": opts.triton_interpret, "role": role})
+def _context(opts: BackendOptions, graph_id: int, role: str, **pass_options) -> PassContext:
+    """The pass context of one graph: only the options its passes read (the forward, backward
+    and inference lists read none; the joint graph's ``rematerialize`` reads the budget).
+    ``triton_interpret`` is no pass option: it picks how the kernels run (:func:`_fusion_mode`)."""
+    ctx = PassContext(options=pass_options)
     if opts.dump_dir:
         ctx.instruments.append(DumpInstrument(Path(opts.dump_dir) / f"graph{graph_id}_{role}"))
     return ctx
+
+
+def _skipped_steps(mode: str | None, opts: BackendOptions) -> tuple[str, ...]:
+    """The steps a graph does not need. Without fusion: ``decompose_ops`` (it turns norms,
+    softmax and GELU into pointwise ops for the fusion planner; run one by one on ATen they are
+    slower than the op they replace), ``fuse_ops`` and ``outline_groups``, and, unless the graphs
+    are dumped, ``annotate_costs``: only fuse_ops and the dumps read the costs it refreshes."""
+    if mode is not None:
+        return ()
+    return FUSION_STEPS if opts.dump_dir else (*FUSION_STEPS, "annotate_costs")
 
 
 def _compile(gm: torch.fx.GraphModule, example_inputs, *, role: str, steps: list[str],
@@ -89,8 +115,7 @@ def _compile(gm: torch.fx.GraphModule, example_inputs, *, role: str, steps: list
                   capture_mode="aot_autograd")
     ctx = _context(opts, graph_id, role)
     mode = _fusion_mode(opts, example_inputs)
-    if mode is None:
-        ctx.disabled.update(FUSION_STEPS)
+    ctx.disabled.update(_skipped_steps(mode, opts))
     graph = run_pipeline(graph, steps, ctx)
     if mode is not None and "fusion" in ctx.artifacts:
         _bind_fusion(graph, ctx, mode, opts, graph_id, role)
@@ -150,11 +175,11 @@ def _partition(joint_module: torch.fx.GraphModule, joint_inputs, *, opts: Backen
     from graphopt.memory.liveness import analyze
     from graphopt.memory.report import dumps, memory_report
     graph = joint_graph(joint_module, name=f"graph{graph_id}_joint")
-    ctx = _context(opts, graph_id, "joint")
     on_cuda = any(getattr(x, "is_cuda", False) for x in torch.utils._pytree.tree_leaves(
         joint_inputs))
-    ctx.options.update(num_fwd_outputs=num_fwd_outputs, fuse=bool(opts.fuse) or on_cuda,
-                       remat_device=ctx.device if on_cuda else "cpu")
+    ctx = _context(opts, graph_id, "joint", memory_budget=opts.memory_budget,
+                   num_fwd_outputs=num_fwd_outputs, fuse=bool(opts.fuse) or on_cuda,
+                   remat_device=None if on_cuda else "cpu", remat_clamp=True)
     baseline = analyze(graph) if opts.dump_dir else None
     graph = run_pipeline(graph, TRAINING_JOINT, ctx)
     if opts.dump_dir and "remat" in ctx.artifacts:

@@ -1,7 +1,8 @@
 """The cost model: FLOPs, memory traffic and time for one ATen op, and the alpha-beta link model.
 
 Everything that partitions, fuses or plans memory asks this module what a node costs, so the
-formulas live here once and nowhere else.
+formulas live here once and nowhere else. Which family an op is in and which formula or
+per-element weight it takes is its entry in :mod:`graphopt.op_table`.
 
 Formulas (``numel`` = number of elements of a tensor, outputs unless said otherwise):
 
@@ -33,103 +34,21 @@ from dataclasses import dataclass, field
 
 import torch
 
+from graphopt import op_table
+from graphopt.op_table import OpClass, op_name
+
 __all__ = [
     "OpClass", "op_class", "op_name", "node_flops", "tensor_bytes", "DeviceSpec", "LinkSpec",
     "DEVICES", "LINKS", "get_device", "get_link", "roofline_seconds",
 ]
 
 
-class OpClass:
-    """Coarse families the passes reason about (fusion legality, recompute cost, views)."""
-
-    PLACEHOLDER = "placeholder"
-    PARAM = "param"
-    ELEMENTWISE = "elementwise"
-    REDUCTION = "reduction"
-    INJECTIVE = "injective"   # views, reshapes, permutes, slicing, cat, gathers
-    VIEW = "view"              # aliasing: no new memory
-    MATMUL = "matmul"
-    CONV = "conv"
-    ATTENTION = "attention"
-    NORM = "norm"              # composite normalisations (reduction + pointwise)
-    RANDOM = "random"
-    CREATION = "creation"      # arange, zeros, full: no tensor inputs
-    OPAQUE = "opaque"          # anything else: stays in ATen, costed by bytes only
-
-
-def op_name(target) -> str:
-    """The overload packet name of an ATen target (``aten.add.Tensor`` -> ``add``)."""
-    if isinstance(target, torch._ops.OpOverload):
-        return target.overloadpacket.__name__
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return target.__name__
-    return getattr(target, "__name__", str(target))
-
-
-_MATMUL = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "addbmm", "dot", "mv", "addmv",
-           "_int_mm", "einsum"}
-_CONV = {"convolution", "conv1d", "conv2d", "conv3d", "_convolution", "conv_transpose1d",
-         "conv_transpose2d", "conv_transpose3d", "cudnn_convolution", "mkldnn_convolution",
-         "convolution_backward"}
-_ATTENTION = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
-              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
-              "_scaled_dot_product_cudnn_attention"}
-_VIEW = {"view", "_unsafe_view", "reshape", "expand", "permute", "transpose", "t", "unsqueeze",
-         "squeeze", "alias", "as_strided", "slice", "select", "narrow", "unflatten", "flatten",
-         "split", "split_with_sizes", "chunk", "unbind", "view_as", "expand_as", "detach",
-         "lift_fresh", "lift_fresh_copy", "getitem", "diagonal", "movedim", "unfold", "real",
-         "view_as_real", "view_as_complex", "_reshape_alias"}
-_INJECTIVE = {"cat", "stack", "index", "index_select", "gather", "embedding", "clone", "contiguous",
-              "_to_copy", "to", "copy", "copy_", "pad", "constant_pad_nd", "repeat", "roll", "flip",
-              "slice_scatter", "select_scatter", "index_put", "scatter", "tril", "triu", "where_self",
-              "masked_fill", "embedding_dense_backward", "_unsafe_index", "repeat_interleave"}
-_REDUCTION = {"sum", "mean", "amax", "amin", "max", "min", "prod", "var", "std", "var_mean",
-              "std_mean", "argmax", "argmin", "logsumexp", "norm", "linalg_vector_norm", "all", "any",
-              "cumsum", "cumprod", "diff"}
-_NORM = {"layer_norm", "native_layer_norm", "group_norm", "native_group_norm", "batch_norm",
-         "native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
-         "_native_batch_norm_legit_functional", "rms_norm", "_fused_rms_norm", "softmax",
-         "_softmax", "log_softmax", "_log_softmax", "native_layer_norm_backward",
-         "native_group_norm_backward", "native_batch_norm_backward", "_softmax_backward_data",
-         "_log_softmax_backward_data", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d",
-         "max_pool2d_with_indices", "_adaptive_avg_pool2d", "_adaptive_avg_pool2d_backward",
-         "max_pool2d_with_indices_backward", "avg_pool2d_backward"}
-_RANDOM = {"dropout", "native_dropout", "rand", "randn", "rand_like", "randn_like", "randint",
-           "bernoulli", "bernoulli_", "normal", "uniform", "multinomial", "randperm", "randint_like",
-           "philox_rand"}
-_CREATION = {"arange", "zeros", "ones", "full", "empty", "zeros_like", "ones_like", "full_like",
-             "empty_like", "new_ones", "new_zeros", "new_full", "new_empty", "scalar_tensor",
-             "empty_strided", "eye", "linspace", "_tensor_constant"}
-# Per-element weight of pointwise ops that cost more than one arithmetic instruction.
-_POINTWISE_WEIGHT = {"gelu": 8, "gelu_backward": 10, "tanh": 4, "exp": 4, "log": 4, "erf": 4,
-                     "sigmoid": 4, "silu": 5, "pow": 2, "rsqrt": 2, "sqrt": 2, "div": 1,
-                     "tanh_backward": 3, "sigmoid_backward": 3, "silu_backward": 8, "sin": 4,
-                     "cos": 4, "log1p": 4, "expm1": 4, "softplus": 6, "mish": 10, "hardswish": 4}
-_NORM_WEIGHT = {"softmax": 5, "_softmax": 5, "log_softmax": 5, "_log_softmax": 5,
-                "_softmax_backward_data": 4, "_log_softmax_backward_data": 4}
-
-
 def op_class(target) -> str:
-    """Classify an ATen target; unknown ops are OPAQUE (costed by bytes, never fused)."""
-    name = op_name(target)
-    if name in _MATMUL:
-        return OpClass.MATMUL
-    if name in _CONV:
-        return OpClass.CONV
-    if name in _ATTENTION:
-        return OpClass.ATTENTION
-    if name in _VIEW:
-        return OpClass.VIEW
-    if name in _INJECTIVE:
-        return OpClass.INJECTIVE
-    if name in _REDUCTION:
-        return OpClass.REDUCTION
-    if name in _NORM:
-        return OpClass.NORM
-    if name in _RANDOM:
-        return OpClass.RANDOM
-    if name in _CREATION:
-        return OpClass.CREATION
+    """Classify an ATen target by the op table; unknown ops are ELEMENTWISE where torch tags
+    them pointwise, else OPAQUE (costed by bytes, never fused)."""
+    entry = op_table.lookup(target)
+    if entry is not None and entry.cls is not None:
+        return entry.cls
     if isinstance(target, torch._ops.OpOverload) and torch.Tag.pointwise in target.tags:
         return OpClass.ELEMENTWISE
     return OpClass.OPAQUE
@@ -163,47 +82,41 @@ def _first_tensor(value):
     return None
 
 
-def _matmul_flops(name: str, args: list, out) -> int:
-    if name in ("mm", "_int_mm"):
-        (m, k), n = _shape(args[0]), _shape(args[1])[1]
-        return 2 * m * n * k
-    if name == "addmm":
-        (m, k), n = _shape(args[1]), _shape(args[2])[1]
-        return 2 * m * n * k
-    if name == "bmm":
-        (b, m, k), n = _shape(args[0]), _shape(args[1])[2]
-        return 2 * b * m * n * k
-    if name in ("baddbmm", "addbmm"):
-        (b, m, k), n = _shape(args[1]), _shape(args[2])[2]
-        return 2 * b * m * n * k
-    if name == "linear":
-        k = _shape(args[0])[-1]
-        return 2 * _numel(args[0]) // max(k, 1) * k * _shape(args[1])[0]
-    if name in ("mv", "addmv"):
-        mat = args[0] if name == "mv" else args[1]
-        return 2 * _numel(mat)
-    if name == "dot":
-        return 2 * _numel(args[0])
-    if name == "matmul":
-        a, b = args[0], args[1]
-        k = _shape(a)[-1]
-        return 2 * _numel(out) * k
-    if name == "einsum":
-        # Without the contraction plan we take the larger operand times the output's extent.
-        t = [a for a in args[1] if isinstance(a, torch.Tensor)] if len(args) > 1 else []
-        return 2 * max((_numel(x) for x in t), default=0)
-    return 0
+def _mm(args, out) -> int:
+    (m, k), n = _shape(args[0]), _shape(args[1])[1]
+    return 2 * m * n * k
 
 
-def _conv_flops(name: str, args: list, out) -> int:
-    if name == "convolution_backward":
-        grad_out, inp, weight = args[0], args[1], args[2]
-        mask = args[-1] if isinstance(args[-1], (list, tuple)) else [True, True, True]
-        fwd = 2 * _numel(grad_out) * _numel(weight) // max(_shape(weight)[0], 1)
-        return fwd * (int(bool(mask[0])) + int(bool(mask[1])))
+def _addmm(args, out) -> int:
+    return _mm(args[1:], out)
+
+
+def _bmm(args, out) -> int:
+    (b, m, k), n = _shape(args[0]), _shape(args[1])[2]
+    return 2 * b * m * n * k
+
+
+def _baddbmm(args, out) -> int:
+    return _bmm(args[1:], out)
+
+
+def _linear(args, out) -> int:
+    k = _shape(args[0])[-1]
+    return 2 * _numel(args[0]) // max(k, 1) * k * _shape(args[1])[0]
+
+
+def _matmul(args, out) -> int:
+    return 2 * _numel(out) * _shape(args[0])[-1]
+
+
+def _einsum(args, out) -> int:
+    # Without the contraction plan we take the larger operand times the output's extent.
+    t = [a for a in args[1] if isinstance(a, torch.Tensor)] if len(args) > 1 else []
+    return 2 * max((_numel(x) for x in t), default=0)
+
+
+def _conv(args, out, transposed: bool = False) -> int:
     inp, weight = args[0], args[1]
-    transposed = "transpose" in name or (name in ("convolution", "_convolution") and len(args) > 6
-                                          and bool(args[6]))
     w = _shape(weight)
     kernel = math.prod(w[2:])
     if transposed:
@@ -212,7 +125,19 @@ def _conv_flops(name: str, args: list, out) -> int:
     return 2 * _numel(out) * w[1] * kernel  # weight is (C_out, C_in/groups, *k)
 
 
-def _attention_flops(args: list) -> int:
+def _convolution(args, out) -> int:
+    """``convolution``/``_convolution``: argument 6 says whether it is transposed."""
+    return _conv(args, out, transposed=len(args) > 6 and bool(args[6]))
+
+
+def _conv_backward(args, out) -> int:
+    grad_out, weight = args[0], args[2]
+    mask = args[-1] if isinstance(args[-1], (list, tuple)) else [True, True, True]
+    fwd = 2 * _numel(grad_out) * _numel(weight) // max(_shape(weight)[0], 1)
+    return fwd * (int(bool(mask[0])) + int(bool(mask[1])))
+
+
+def _attention(args, out) -> int:
     q, k = args[0], args[1]
     *batch, s_q, d = _shape(q)
     s_kv = _shape(k)[-2]
@@ -221,27 +146,36 @@ def _attention_flops(args: list) -> int:
     return 2 * b * s_q * s_kv * d + 2 * b * s_q * s_kv * d_v
 
 
+#: FLOP formulas the op table names (``Op.flops``): ``(args, out) -> FLOPs``.
+FORMULAS = {
+    "mm": _mm, "addmm": _addmm, "bmm": _bmm, "baddbmm": _baddbmm, "linear": _linear,
+    "mv": lambda args, out: 2 * _numel(args[0]), "addmv": lambda args, out: 2 * _numel(args[1]),
+    "dot": lambda args, out: 2 * _numel(args[0]), "matmul": _matmul, "einsum": _einsum,
+    "conv": _conv, "conv_transpose": lambda args, out: _conv(args, out, transposed=True),
+    "convolution": _convolution, "conv_backward": _conv_backward, "attention": _attention,
+}
+# Per-element FLOPs of the classes counted by elements, when the entry does not say.
+_DEFAULT_WEIGHT = {OpClass.ELEMENTWISE: 1, OpClass.REDUCTION: 1, OpClass.NORM: 8}
+
+
 def node_flops(target, args: list, kwargs: dict, out) -> int:
     """FLOPs of one ATen call given its (fake or real) tensor arguments and output."""
-    name = op_name(target)
     cls = op_class(target)
-    try:
-        if cls == OpClass.MATMUL:
-            return _matmul_flops(name, list(args), out)
-        if cls == OpClass.CONV:
-            return _conv_flops(name, list(args), out)
-        if cls == OpClass.ATTENTION:
-            return _attention_flops(list(args))
-    except (IndexError, ValueError, TypeError):
+    entry = op_table.lookup(target)
+    rule = entry.flops if entry is not None else None
+    if cls in (OpClass.MATMUL, OpClass.CONV, OpClass.ATTENTION):
+        if not isinstance(rule, str):
+            return 0
+        try:
+            return FORMULAS[rule](list(args), out)
+        except (IndexError, ValueError, TypeError):
+            return 0
+    if cls not in _DEFAULT_WEIGHT:
         return 0
-    first = _first_tensor(out)
+    weight = rule if isinstance(rule, int) else _DEFAULT_WEIGHT[cls]
     if cls == OpClass.ELEMENTWISE:
-        return _numel(first) * _POINTWISE_WEIGHT.get(name, 1)
-    if cls == OpClass.REDUCTION:
-        return _numel(_first_tensor(list(args)))
-    if cls == OpClass.NORM:
-        return _numel(_first_tensor(list(args))) * _NORM_WEIGHT.get(name, 8)
-    return 0
+        return _numel(_first_tensor(out)) * weight
+    return _numel(_first_tensor(list(args))) * weight
 
 
 @dataclass(frozen=True)
@@ -249,7 +183,14 @@ class DeviceSpec:
     """Peak rates of one device, for roofline estimates.
 
     ``matmul_flops`` maps a dtype name to the dense matrix-unit peak (FLOP/s); ``vector_flops`` is
-    the non-matrix peak; ``bandwidth`` is main-memory bandwidth in bytes/s; ``memory`` in bytes.
+    the non-matrix peak; ``bandwidth`` is main-memory bandwidth in bytes/s; ``memory`` in bytes;
+    ``launch_seconds`` the fixed cost every op pays (kernel launch, or eager dispatch on a CPU).
+
+    A spec measured by ``graphopt calibrate`` (see :mod:`graphopt.device_spec`) also carries what
+    the presets cannot know: ``view_seconds`` (the dispatch cost of an aliasing op, which moves no
+    bytes), ``matmul_curve`` (dtype -> ``((flops, flop_per_s), ...)`` measured at several sizes, since
+    small matmuls run far below the peak), the measured links ``p2p_link`` and ``allreduce_link``
+    (the ring all-reduce's per-hop model) and ``device_type`` (``cpu`` or ``cuda``).
     """
 
     name: str
@@ -258,6 +199,11 @@ class DeviceSpec:
     bandwidth: float = 1e11
     memory: int = 16 * 2**30
     launch_seconds: float = 0.0
+    view_seconds: float = 0.0
+    matmul_curve: dict = field(default_factory=dict)
+    p2p_link: LinkSpec | None = None
+    allreduce_link: LinkSpec | None = None
+    device_type: str = ""
 
     def matmul_peak(self, dtype: str) -> float:
         return self.matmul_flops.get(dtype, self.matmul_flops.get("float32", self.vector_flops))

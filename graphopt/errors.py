@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import traceback
 
-__all__ = ["GraphoptError", "CaptureError", "SpecError", "PlanError", "user_frame"]
+__all__ = ["GraphoptError", "CaptureError", "SpecError", "PlanError", "SizeError", "OutputError",
+           "user_frame", "first_line"]
 
 
 class GraphoptError(Exception):
@@ -21,6 +22,14 @@ class CaptureError(GraphoptError):
 
 class PlanError(GraphoptError):
     """A plan (partition, fusion, memory) that cannot be made or read as asked."""
+
+
+class SizeError(GraphoptError):
+    """A byte size (or memory budget) written in a form :mod:`graphopt.units` does not read."""
+
+
+class OutputError(GraphoptError):
+    """An output directory or file that cannot be created or written."""
 
 
 _STDLIB = os.path.dirname(traceback.__file__) + os.sep

@@ -1,7 +1,8 @@
 """Every way a Graph leaves graphopt: networkx, node-link JSON, GraphML, DOT, SVG, HTML.
 
 One module so the formats agree on names and attributes. SVG needs Graphviz's ``dot`` program
-(Debian package ``graphviz``); without it :class:`GraphvizMissing` says so.
+(Debian package ``graphviz``); without it :class:`GraphvizMissing` says so. The HTML page never
+needs it: it lays the graph out in the browser (:mod:`graphopt.viz_html`).
 """
 from __future__ import annotations
 
@@ -158,68 +159,16 @@ def to_svg(graph, dot_text: str | None = None, timeout: float = 120.0) -> str:
     return proc.stdout
 
 
-_HTML = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 0; }}
-header {{ padding: 8px 14px; background: #223; color: #eee; }}
-header small {{ color: #aab; }}
-#view {{ width: 100vw; height: calc(100vh - 120px); overflow: hidden; cursor: grab; background: #fafafa; }}
-#view svg {{ transform-origin: 0 0; }}
-#tip {{ position: fixed; pointer-events: none; background: #fff; border: 1px solid #888;
-        padding: 4px 8px; font: 12px monospace; display: none; max-width: 480px; }}
-table {{ border-collapse: collapse; margin: 6px 14px; font-size: 13px; }}
-td, th {{ padding: 2px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
-</style></head>
-<body>
-<header><b>{title}</b> <small>{subtitle} &mdash; scroll to zoom, drag to pan, hover a node for its cost</small></header>
-{table}
-<div id="view">{svg}</div>
-<div id="tip"></div>
-<script>
-const view = document.getElementById('view'), svg = view.querySelector('svg'), tip = document.getElementById('tip');
-let s = 1, x = 0, y = 0, drag = null;
-function apply() {{ svg.style.transform = `translate(${{x}}px,${{y}}px) scale(${{s}})`; }}
-if (svg) {{
-  svg.removeAttribute('width'); svg.removeAttribute('height'); svg.style.width = '100%';
-  view.addEventListener('wheel', e => {{ e.preventDefault(); const f = e.deltaY < 0 ? 1.15 : 1/1.15;
-    const r = view.getBoundingClientRect(), mx = e.clientX - r.left, my = e.clientY - r.top;
-    x = mx - (mx - x) * f; y = my - (my - y) * f; s *= f; apply(); }}, {{passive: false}});
-  view.addEventListener('mousedown', e => {{ drag = [e.clientX - x, e.clientY - y]; view.style.cursor = 'grabbing'; }});
-  window.addEventListener('mouseup', () => {{ drag = null; view.style.cursor = 'grab'; }});
-  window.addEventListener('mousemove', e => {{ if (drag) {{ x = e.clientX - drag[0]; y = e.clientY - drag[1]; apply(); }} }});
-  svg.querySelectorAll('g.node').forEach(g => {{
-    const t = g.querySelector('title'), a = g.querySelector('a');
-    const text = (a && (a.getAttribute('xlink:title') || a.getAttribute('title'))) || (t && t.textContent) || '';
-    if (a) {{ a.removeAttribute('xlink:title'); a.removeAttribute('title'); }}
-    g.addEventListener('mousemove', e => {{ tip.style.display = 'block'; tip.textContent = text;
-      tip.style.left = (e.clientX + 12) + 'px'; tip.style.top = (e.clientY + 12) + 'px'; }});
-    g.addEventListener('mouseleave', () => {{ tip.style.display = 'none'; }});
-  }});
-}}
-</script></body></html>
-"""
-
-
-def _summary_table(rows: list[tuple[str, str]]) -> str:
-    if not rows:
-        return ""
-    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    return f"<table>{cells}</table>"
-
-
 def to_html(graph, *, title: str | None = None, subtitle: str = "",
-            rows: list[tuple[str, str]] | None = None, dot_text: str | None = None,
-            svg_text: str | None = None) -> str:
-    """A self-contained page (inline SVG, no external scripts): zoom, pan, hover for costs.
+            rows: list[tuple[str, str]] | None = None, show_params: bool = False,
+            part_labels: dict[int, str] | None = None) -> str:
+    """A self-contained page that draws the graph in the browser, Graphviz or not.
 
-    ``svg_text`` reuses a picture already rendered. Without Graphviz the page still opens, with
-    the summary table and a note instead of the picture.
+    One column per part in stage order, nodes grouped by module into boxes that open on click,
+    cut edges labelled with their bytes, hover for costs; ``rows`` fill the page's summary
+    table. The layout (dagre) and the data are inlined: the file opens offline. See
+    :mod:`graphopt.viz_html`.
     """
-    try:
-        svg = svg_text if svg_text is not None else to_svg(graph, dot_text)
-        svg = svg[svg.find("<svg"):]
-    except GraphvizMissing as exc:
-        svg = f"<p style='padding:14px'>{html.escape(str(exc))}</p>"
-    return _HTML.format(title=html.escape(title or graph.name), subtitle=html.escape(subtitle),
-                        table=_summary_table(rows or []), svg=svg)
+    from graphopt.viz_html import render_page
+    return render_page(graph, title=title, subtitle=subtitle, rows=rows,
+                       show_params=show_params, part_labels=part_labels)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import operator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.fx
@@ -161,10 +162,6 @@ class Graph:
     def fx_nodes(self) -> Iterator[torch.fx.Node]:
         return (n for n in self.gm.graph.nodes if n.op != "output")
 
-    @property
-    def fx_graph(self) -> torch.fx.Graph:
-        return self.gm.graph
-
     def nodes(self) -> list[NodeInfo]:
         """NodeInfo of every node in topological (fx) order."""
         return [self.info[n.name] for n in self.fx_nodes()]
@@ -236,7 +233,7 @@ class Graph:
         """Rebuild the model's own output structure (e.g. a ModelOutput) from flat outputs."""
         return pytree.tree_unflatten(list(flat), self.out_spec) if self.out_spec else flat
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         gm = torch.fx.GraphModule(self.gm, copy.deepcopy(self.gm.graph))
         return Graph(gm, name=self.name, param_placeholders=self.param_placeholders,
                      capture_mode=self.capture_mode, out_spec=self.out_spec,
@@ -255,7 +252,7 @@ class Graph:
         return to_dot(self, **kw)
 
     def _repr_svg_(self) -> str | None:
-        from graphopt.export import to_svg, GraphvizMissing
+        from graphopt.export import GraphvizMissing, to_svg
         if len(self) > 400:
             return None
         try:

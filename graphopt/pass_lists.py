@@ -11,44 +11,27 @@ from graphopt.passes import PassContext, PassManager
 __all__ = ["INFERENCE", "TRAINING_JOINT", "TRAINING_FORWARD", "TRAINING_BACKWARD", "FUSION",
            "FUSION_STEPS", "PARTITION", "run_pipeline"]
 
-# Graphs the backend compiles for inference.
-INFERENCE = [
+# What `graphopt fuse MODEL` runs on a captured graph, and what the backend runs on every graph
+# it compiles for inference and on the backward half of a training step.
+FUSION = [
     "decompose_ops",         # norms, softmax, GELU -> pointwise + reduction ops (fusion only)
     "eliminate_dead_code",   # drop what no output needs
     "annotate_costs",        # shapes, FLOPs, bytes for every node
     "fuse_ops",              # plan kernels: pointwise chains, reductions + prologue/epilogue
     "outline_groups",        # each kernel becomes one call (bound to Triton by the backend)
 ]
+INFERENCE = FUSION
+TRAINING_BACKWARD = FUSION
+
+# The forward half of a training step, as aot_autograd hands it over: the same steps without
+# dead-code elimination, since the forward returns the activations the backward half reads.
+TRAINING_FORWARD = [step for step in FUSION if step != "eliminate_dead_code"]
 
 # The joint forward+backward graph of a training step, before aot_autograd splits it in two
 # (only with a memory_budget: the split then saves exactly what the plan saves).
 TRAINING_JOINT = [
     "rematerialize",         # save or recompute each activation to fit the memory budget
     "plan_memory",           # liveness, peak and buffer-reuse arena of the planned step
-]
-
-# The forward and backward halves of a training step, as aot_autograd hands them over.
-TRAINING_FORWARD = [
-    "decompose_ops",
-    "annotate_costs",
-    "fuse_ops",
-    "outline_groups",
-]
-TRAINING_BACKWARD = [
-    "decompose_ops",
-    "eliminate_dead_code",
-    "annotate_costs",
-    "fuse_ops",
-    "outline_groups",
-]
-
-# What `graphopt fuse MODEL` runs on a captured graph.
-FUSION = [
-    "decompose_ops",
-    "eliminate_dead_code",
-    "annotate_costs",
-    "fuse_ops",
-    "outline_groups",
 ]
 
 # What `graphopt partition MODEL -k K` and `graphopt pipeline` run on a captured graph.

@@ -11,6 +11,7 @@ Every failure is a :class:`~graphopt.errors.SpecError` with one line saying what
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -111,6 +112,57 @@ def _load_zoo(spec: str, name: str, seed: int) -> LoadedModel:
     return LoadedModel(spec, model, inputs)
 
 
+def _config_fields(config) -> list[str]:
+    try:
+        return sorted(config.to_dict())
+    except Exception:  # noqa: BLE001 - only used for a suggestion in an error message
+        return sorted(k for k in vars(config) if not k.startswith("_"))
+
+
+def _type_mismatch(default, value) -> str | None:
+    """The type a field's default says it takes, when ``value`` plainly is not one.
+
+    Only clear mismatches (text for a number, a number for a flag or a name) are caught here;
+    finer distinctions (int or float, int or list) are left to the config class, which knows
+    what else a field accepts (ViT's ``image_size`` takes an int or a pair).
+    """
+    if value is None or default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "bool (True or False)"
+    if isinstance(default, (int, float)) and isinstance(value, (str, bool)):
+        return type(default).__name__
+    if isinstance(default, str) and isinstance(value, (int, float, bool)):
+        return "str"
+    return None
+
+
+def _set_config_field(spec: str, config, key: str, value) -> None:
+    """``--set key=value`` on a transformers config: unknown keys and wrong types are one line."""
+    name = type(config).__name__
+    where = f"{spec}: --set {key}={value!r}"
+    if not key or key.startswith("_") or not hasattr(config, key) or \
+            callable(getattr(config, key)):
+        close = difflib.get_close_matches(key, _config_fields(config), n=3)
+        raise SpecError(f"{spec}: {name} has no field {key!r}"
+                        + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    default = getattr(config, key)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)   # --set eps=1 means 1.0; strict configs refuse an int for a float
+    if isinstance(default, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    expected = _type_mismatch(default, value)
+    if expected is not None:
+        raise SpecError(f"{where}: {name}.{key} takes {expected}, got {type(value).__name__}")
+    try:
+        setattr(config, key, value)
+    except Exception as exc:  # noqa: BLE001 - config classes validate with their own errors
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = lines[-1] if lines else type(exc).__name__   # strict configs put the cause last
+        why = why if len(why) <= 200 else why[:197] + "..."
+        raise SpecError(f"{where}: {name} refused it: {why}") from exc
+
+
 def _load_hf(spec: str, cls_name: str, overrides: dict, batch: int, seq: int,
              image_size: int | None, seed: int) -> LoadedModel:
     try:
@@ -126,9 +178,7 @@ def _load_hf(spec: str, cls_name: str, overrides: dict, batch: int, seq: int,
     if image_size is not None and hasattr(config, "image_size"):
         config.image_size = image_size
     for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise SpecError(f"{spec}: {type(config).__name__} has no field {key!r}")
-        setattr(config, key, value)
+        _set_config_field(spec, config, key, value)
     if hasattr(config, "use_cache"):
         config.use_cache = False  # a KV cache output is not a tensor graph
     torch.manual_seed(seed)
@@ -165,6 +215,13 @@ def load_spec(spec: str, *, overrides: dict | None = None, batch: int = 1, seq: 
         raise SpecError(f"{spec!r} is not a model spec; use file.py:factory, module:factory, "
                         "zoo:NAME or hf:ClassName")
     kind, _, rest = spec.partition(":")
+    if overrides and kind != "hf":
+        raise SpecError(f"{spec}: --set overrides transformers config fields, so it applies to "
+                        "hf:ClassName specs only")
+    for what, value in (("batch", batch), ("seq", seq), ("image_size", image_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise SpecError(f"{spec}: {what} must be a positive integer, got {value!r}")
     if kind == "zoo":
         return _load_zoo(spec, rest, seed)
     if kind == "hf":

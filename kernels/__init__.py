@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 from graphopt.kernels.codegen import generate
-from graphopt.kernels.runtime import (MODES, CompiledKernel, FusedKernel, bind_kernels,
-                                      compile_kernel)
+from graphopt.kernels.runtime import MODES, CompiledKernel, FusedKernel, bind_kernels, compile_kernel
 from graphopt.kernels.spec import KernelSpec, TensorLayout
 
 __all__ = ["generate", "KernelSpec", "TensorLayout", "FusedKernel", "CompiledKernel",

@@ -33,8 +33,17 @@ import re
 import torch
 
 from graphopt.fusion.domain import PERSISTENT_MAX_COLS, operand_map
-from graphopt.fusion.ops import (CONSTANTS, POINTWISE, REDUCTIONS, VIEWS, compute_type,
-                                 constant_value, literal, overload_key, storage_type)
+from graphopt.fusion.ops import (
+    CONSTANTS,
+    POINTWISE,
+    REDUCTIONS,
+    VIEWS,
+    compute_type,
+    constant_value,
+    literal,
+    overload_key,
+    storage_type,
+)
 from graphopt.kernels.indexing import IndexSpace, contiguous_strides, terms
 from graphopt.kernels.indexing import offset as offset_expr
 from graphopt.kernels.render import domain_text, render

@@ -54,12 +54,12 @@ class IndexSpace:
     extents: dict
 
     @staticmethod
-    def pointwise(shape) -> "IndexSpace":
+    def pointwise(shape) -> IndexSpace:
         shape = tuple(shape)
         return IndexSpace(shape, ("lin",) * len(shape), {"lin": math.prod(shape)})
 
     @staticmethod
-    def reduction(shape, reduce_dims) -> "IndexSpace":
+    def reduction(shape, reduce_dims) -> IndexSpace:
         shape = tuple(shape)
         var_of = tuple("c" if d in reduce_dims else "r" for d in range(len(shape)))
         rows = math.prod(s for s, v in zip(shape, var_of) if v == "r")

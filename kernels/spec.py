@@ -20,6 +20,7 @@ import torch.fx
 
 from graphopt.fusion.domain import Domain, analyze
 from graphopt.fusion.ops import overload_key
+from graphopt.op_table import fusion_spec
 
 __all__ = ["TensorLayout", "KernelSpec"]
 
@@ -33,7 +34,7 @@ class TensorLayout:
     dtype: torch.dtype
 
     @staticmethod
-    def of(t: torch.Tensor) -> "TensorLayout":
+    def of(t: torch.Tensor) -> TensorLayout:
         return TensorLayout(tuple(int(s) for s in t.shape), tuple(int(s) for s in t.stride()),
                             t.dtype)
 
@@ -65,7 +66,7 @@ class KernelSpec:
 
     @staticmethod
     def from_module(name: str, gm: torch.fx.GraphModule,
-                    layouts: list[TensorLayout] | None = None) -> "KernelSpec":
+                    layouts: list[TensorLayout] | None = None) -> KernelSpec:
         """Read a spec off an outlined group; ``layouts`` override the example inputs' ones."""
         graph_nodes = list(gm.graph.nodes)
         inputs = [n for n in graph_nodes if n.op == "placeholder"]
@@ -95,8 +96,10 @@ class KernelSpec:
         parts = [self.domain.kind, list(self.domain.shape), list(self.domain.reduce_dims)]
         for n in self.nodes:
             val = n.meta["val"]
-            parts.append([overload_key(n.target), norm(list(n.args)), norm(dict(n.kwargs)),
-                          list(val.shape), str(val.dtype)])
+            # The op table's fusion spec is the expression the kernel is generated from: a
+            # changed entry must not reuse a kernel cached from the old one.
+            parts.append([overload_key(n.target), repr(fusion_spec(n.target)), norm(list(n.args)),
+                          norm(dict(n.kwargs)), list(val.shape), str(val.dtype)])
         parts.append([(lay.shape, lay.stride, str(lay.dtype)) for lay in self.in_layouts])
         parts.append([ids[o] for o in self.outputs])
         parts.append([(lay.shape, lay.stride, str(lay.dtype)) for lay in self.out_layouts])

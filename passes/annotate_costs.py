@@ -15,7 +15,6 @@ __all__ = ["annotate_costs"]
 
 @register_pass("annotate_costs")
 def annotate_costs(graph: Graph, ctx: PassContext) -> PassResult:
-    before = {k: v.to_dict() for k, v in graph.info.items()}
+    before = dict(graph.info)        # reannotate builds new records: compare them by value
     graph.reannotate()
-    after = {k: v.to_dict() for k, v in graph.info.items()}
-    return PassResult(graph, before != after, {"flops": graph.total_flops})
+    return PassResult(graph, before != graph.info, {"flops": graph.total_flops})

@@ -4,6 +4,12 @@ A pass is any callable ``(graph, ctx) -> PassResult``. Passes never print or wri
 context's instruments do (timing, per-pass dumps), so a pass stays a pure graph transformation
 that tests can call directly. The manager checks the graph's invariants after every pass and
 names the failing pass, and the passes that ran before it, in any error.
+
+Each pass declares, when it is registered, its options (a dataclass, see
+:mod:`graphopt.passes.options`) and what it needs and makes: context artifacts such as
+``"fusion"`` (the plan ``fuse_ops`` leaves for ``outline_groups``). Before running a list the
+manager checks that every need is met by the context or by an earlier pass of the list, so a
+missing step is an error naming the pass that makes what is missing, not a silent no-op.
 """
 from __future__ import annotations
 
@@ -11,16 +17,18 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 from graphopt.errors import GraphoptError
 from graphopt.graph import Graph
+from graphopt.passes.options import OptionError, build_options, validate_options
 
-__all__ = ["PassResult", "PassContext", "PassRecord", "Instrument", "TimingInstrument",
-           "DumpInstrument", "LogInstrument", "debug_level", "PassManager", "PassError", "register_pass", "get_pass", "PASSES",
-           "check_invariants"]
+__all__ = ["PassResult", "PassContext", "PassRecord", "PassInfo", "Instrument", "TimingInstrument",
+           "DumpInstrument", "LogInstrument", "debug_level", "PassManager", "PassError",
+           "OptionError", "register_pass", "get_pass", "PASSES", "check_invariants"]
 
 
 @dataclass
@@ -32,8 +40,14 @@ class PassResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-class Pass(Protocol):
-    def __call__(self, graph: Graph, ctx: "PassContext") -> PassResult: ...
+@dataclass(frozen=True)
+class PassInfo:
+    """What a pass declares: its options class, the artifacts it needs and those it makes."""
+
+    name: str
+    options: type | None = None
+    needs: tuple[str, ...] = ()
+    makes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -51,10 +65,10 @@ class PassRecord:
 class Instrument:
     """Hooks around every pass; subclass and override what you need."""
 
-    def before_pass(self, name: str, graph: Graph, ctx: "PassContext") -> None: ...
+    def before_pass(self, name: str, graph: Graph, ctx: PassContext) -> None: ...
 
     def after_pass(self, name: str, result: PassResult, record: PassRecord,
-                   ctx: "PassContext") -> None: ...
+                   ctx: PassContext) -> None: ...
 
 
 class TimingInstrument(Instrument):
@@ -116,12 +130,23 @@ def debug_level() -> int:
 _dump_ids = itertools.count()
 
 
+def _debug_log_handler(level: int) -> None:
+    """Show the ``graphopt`` logger on stderr, once per process, unless the application has
+    configured logging itself (then its handlers get the records); the root logger is left alone."""
+    log = logging.getLogger("graphopt")
+    log.setLevel(logging.DEBUG if level >= 3 else logging.INFO)
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("graphopt: %(message)s"))
+        log.addHandler(handler)
+
+
 def _env_instruments() -> list:
+    """The instruments ``GRAPHOPT_DEBUG`` and ``GRAPHOPT_DUMP_DIR`` ask for."""
     level = debug_level()
     out: list[Instrument] = []
     if level >= 1:
-        logging.basicConfig(format="graphopt: %(message)s")
-        logging.getLogger("graphopt").setLevel(logging.DEBUG if level >= 3 else logging.INFO)
+        _debug_log_handler(level)
         out.append(LogInstrument())
     dump = os.environ.get("GRAPHOPT_DUMP_DIR") or ("graphopt_dump" if level >= 2 else None)
     if dump:  # one sub-directory per context, so graphs of one run never overwrite another's
@@ -132,6 +157,10 @@ def _env_instruments() -> list:
 @dataclass
 class PassContext:
     """Everything a pass may consult besides the graph: options, seed, device, instruments.
+
+    ``options`` is one flat dict for every pass of a run; it is validated when the context is
+    built (an unknown key or a value of the wrong type raises :class:`OptionError` naming the
+    pass and its keys), and a pass reads its own typed view with :meth:`options_for`.
 
     Example:
         >>> ctx = PassContext(options={"k": 4}, seed=0, instruments=[TimingInstrument()])
@@ -146,8 +175,33 @@ class PassContext:
     history: list[PassRecord] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)  # plans passes hand to later stages
 
+    def __post_init__(self) -> None:
+        validate_options(self.options)
+
+    def options_for(self, pass_name: str):
+        """The options of ``pass_name`` as its dataclass (defaults where a key is absent)."""
+        info = get_pass(pass_name).pass_info
+        if info.options is None:
+            raise PassError(f"pass {pass_name!r} takes no options")
+        return build_options(info.options, self.options)
+
     def option(self, key: str, default=None):
-        return self.options.get(key, default)
+        """One raw option value (prefer :meth:`options_for`, which is typed)."""
+        value = self.options.get(key)
+        return default if value is None else value
+
+    def set_options(self, **options) -> None:
+        """Add options after construction (validated like those given to the constructor)."""
+        validate_options(options)
+        self.options.update(options)
+
+    def artifact(self, key: str, pass_name: str):
+        """The artifact a pass needs; its absence names the pass that makes it."""
+        try:
+            return self.artifacts[key]
+        except KeyError:
+            raise PassError(f"pass {pass_name!r} needs the {key!r} artifact, made by "
+                            f"{_maker(key)}; run that pass first") from None
 
 
 class PassError(GraphoptError):
@@ -157,15 +211,28 @@ class PassError(GraphoptError):
 PASSES: dict[str, Callable[..., PassResult]] = {}
 
 
-def register_pass(name: str):
-    """Register a pass under a name the pipeline, CLI and backend select by."""
+def register_pass(name: str, *, options: type | None = None, needs: tuple[str, ...] = (),
+                  makes: tuple[str, ...] = ()):
+    """Register a pass under a name the pipeline, CLI and backend select by.
+
+    Args:
+        options: the dataclass of option keys the pass reads (see :meth:`PassContext.options_for`).
+        needs: context artifacts that must exist before it runs.
+        makes: context artifacts it leaves for later passes.
+    """
     def deco(fn):
         if name in PASSES and PASSES[name] is not fn:
             raise ValueError(f"pass {name!r} registered twice")
         PASSES[name] = fn
         fn.pass_name = name
+        fn.pass_info = PassInfo(name, options, tuple(needs), tuple(makes))
         return fn
     return deco
+
+
+def _maker(artifact: str) -> str:
+    makers = [n for n, fn in sorted(PASSES.items()) if artifact in fn.pass_info.makes]
+    return " or ".join(repr(m) for m in makers) or "no registered pass"
 
 
 def get_pass(name: str):
@@ -212,8 +279,27 @@ class PassManager:
         self.fixed_point = fixed_point
         self.max_iterations = max_iterations
 
+    def check_needs(self, ctx: PassContext) -> None:
+        """Every pass's needs met by the context or an earlier pass of the list, else raise."""
+        have = set(ctx.artifacts)
+        for i, (name, fn) in enumerate(self.passes):
+            if name in ctx.disabled:
+                continue
+            info = getattr(fn, "pass_info", None)
+            if info is None:
+                continue
+            missing = [a for a in info.needs if a not in have]
+            if missing:
+                before = [n for n, _ in self.passes[:i]]
+                raise PassError(
+                    f"pass {name!r} needs the {missing[0]!r} artifact, made by "
+                    f"{_maker(missing[0])}, but no earlier step makes it (steps: "
+                    f"{', '.join(before) or 'none'}); add it before {name!r}")
+            have.update(info.makes)
+
     def run(self, graph: Graph, ctx: PassContext | None = None) -> Graph:
         ctx = ctx or PassContext()
+        self.check_needs(ctx)
         for _ in range(self.max_iterations if self.fixed_point else 1):
             changed = False
             for name, fn in self.passes:

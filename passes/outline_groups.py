@@ -1,6 +1,7 @@
 """Replace each planned fusion group by one ``call_module`` node running the group's subgraph.
 
-Needs: ``ctx.artifacts["fusion"]`` from ``fuse_ops`` (without it the pass does nothing).
+Needs: ``ctx.artifacts["fusion"]`` from ``fuse_ops`` (without it the pass is an error that says
+so: outlining nothing would hide a missing step).
 Guarantees: each group becomes a submodule named after it (a ``GraphModule`` whose placeholders
 are the group's inputs in plan order and which returns the tuple of its outputs in plan order)
 called once, with a ``getitem`` per output; the graph computes the same values and stays
@@ -62,10 +63,10 @@ def outline(gm: torch.fx.GraphModule, name: str, nodes: list[torch.fx.Node],
     return call
 
 
-@register_pass("outline_groups")
+@register_pass("outline_groups", needs=("fusion",))
 def outline_groups(graph: Graph, ctx: PassContext) -> PassResult:
-    plan = ctx.artifacts.get("fusion")
-    if plan is None or not plan.groups:
+    plan = ctx.artifact("fusion", "outline_groups")
+    if not plan.groups:
         return PassResult(graph, False, {"outlined": 0})
     gm = graph.gm
     by_name = {n.name: n for n in gm.graph.nodes}

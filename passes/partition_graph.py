@@ -8,10 +8,11 @@ options (all optional): ``mode`` (``pipeline`` | ``cut``), ``imbalance``, ``ncut
 
 ``split`` (default ``off`` here, ``auto`` from the CLI): with ``auto`` the graph is partitioned
 as written and after each cut strategy of :mod:`graphopt.partition.split_plan` (token blocks of row-wise
-regions; single nodes cut around the ideal boundaries), and the best plan is kept (see
-:func:`_pick`): a boundary inside a transformer FFN block can send a quarter of what the nearest
-node boundary sends, but each cut region costs kernel launches, so neither always wins. ``rows``
-or ``nodes`` compares one strategy with the graph as written.
+regions; single nodes cut around the ideal boundaries), and the plan kept is the one the ranking
+rule of :mod:`graphopt.partition.choose` prefers (bytes first; time only beyond ``time_slack``;
+with equal bytes the plan with fewer cut blocks, since each costs kernel launches): a boundary
+inside a transformer FFN block can send a quarter of what the nearest node boundary sends.
+``rows`` or ``nodes`` compares one strategy with the graph as written.
 
 Guarantees: every node gets a part in ``0..k-1`` (parameters the lowest part that uses them);
 in ``pipeline`` mode data flows only from lower to higher parts; the plan, a
@@ -21,24 +22,26 @@ split already is not split again. Deterministic for a fixed seed: running the pa
 the same parts and reports ``modified=False`` the second time.
 
 Complexity: see :mod:`graphopt.partition.search` (about O(k C^2 + E) per dynamic program plus a
-few METIS runs; under a second for 20k nodes), once per variant: with ``split="auto"`` up to nine
-searches (each cut variant twice: all offered cuts, then only those the plan used).
+few METIS runs and one MILP of at most two seconds; a second or two for 20k nodes), once per
+variant: with ``split="auto"`` up to eleven searches (each cut variant twice: all offered cuts,
+then only those the plan used, the second without the MILP).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
+from graphopt.partition.choose import best_plan, choice_notes
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.metrics import pipeline_estimate
 from graphopt.partition.plan import Partition
-from graphopt.partition.search import (PartitionOptions, SearchResult, best_by_objective,
-                                       search)
+from graphopt.partition.search import PartitionOptions, SearchResult, fastest, fewest_bytes, search
+from graphopt.partition.split_plan import BALANCES, STRATEGIES, plan_splits, prune_cuts
 from graphopt.passes.infra import PassContext, PassResult, register_pass
 from graphopt.passes.split_ops import apply_splits
-from graphopt.partition.split_plan import BALANCES, STRATEGIES, plan_splits, prune_cuts
 
 __all__ = ["partition_graph", "options_from", "SPLITS"]
 
@@ -101,13 +104,16 @@ def _split_variant(graph: Graph, opts: PartitionOptions, strategy: str, balance:
     parts = dict(zip(first.cg.names, first.result.best.part.tolist()))
     kept = prune_cuts(cuts, parts)
     if not kept:
-        return first
+        return first          # no boundary used a cut: the plan as written covers it
     g = graph.copy()
-    second = _searched(first.name, g, apply_splits(g, kept), opts)
+    split = apply_splits(g, kept)
+    # the first search's exact placement chose these cuts: not repeated (where the second
+    # plan sends more, the first is kept)
+    second = _searched(first.name, g, split, replace(opts, milp=False))
     if second is None:
         return first
     second.cuts = kept
-    return _pick([first, second], opts, whole=first.result.baselines["equal_flops"].metrics)
+    return _pick([first, second], opts)
 
 
 def _variants(graph: Graph, opts: PartitionOptions, split: str
@@ -137,32 +143,28 @@ def _variants(graph: Graph, opts: PartitionOptions, split: str
     return out, error
 
 
-def _pick(found: list[_Variant], opts: PartitionOptions, whole=None) -> _Variant:
-    """The best plan over the variants, judged against the hand-made split of the model as
-    written (and of the variant's own graph): first the balance asked for, then beating the
-    hand-made split on both step time and volume (else on time), then ``opts.objective``
-    (:func:`~graphopt.partition.search.best_by_objective`)."""
-    if whole is None and found[0].name == "whole":
-        whole = found[0].result.baselines["equal_flops"].metrics
+def _pick(found: list[_Variant], opts: PartitionOptions) -> _Variant:
+    """The variant whose plan the library's ranking rule keeps (balance asked for first)."""
+    return best_plan(found, lambda v: v.result.best.metrics, opts.objective, opts.time_slack,
+                     admissible=lambda v: v.result.eps_used <= opts.imbalance + 1e-12,
+                     simplicity=lambda v: sum(len(c.cuts) for c in v.cuts))
 
-    def rank(v: _Variant) -> tuple:
-        refs = [v.result.baselines["equal_flops"].metrics] + ([whole] if whole else [])
-        m = v.result.best.metrics
-        t_ref = min(r.bottleneck_seconds for r in refs) * (1 + 1e-9)
-        faster = m.bottleneck_seconds <= t_ref
-        smaller = m.comm_bytes <= min(r.comm_bytes for r in refs)
-        return (v.result.eps_used > opts.imbalance + 1e-12, not (faster and smaller), not faster)
 
-    top = min(rank(v) for v in found)
-    pool = [v for v in found if rank(v) == top]
-    best = best_by_objective(pool, lambda v: v.result.best.metrics, opts, guarded=not top[2])
-    plain = pool[0] if pool[0].name == "whole" else None
-    if plain is not None and plain is not best:   # an equal plan without cuts is simpler
-        m, b = plain.result.best.metrics, best.result.best.metrics
-        if m.comm_bytes <= b.comm_bytes and \
-                m.bottleneck_seconds <= b.bottleneck_seconds * (1 + opts.time_slack):
-            return plain
-    return best
+def _choice_notes(best: _Variant, found: list[_Variant], opts: PartitionOptions) -> list[str]:
+    """The ranking rule's notes over every variant: a plan sending fewer bytes than the kept
+    one, or the hand-made split of the model as written sending fewer, and why not them."""
+    same = [v for v in found if v.result.eps_used <= best.result.eps_used + 1e-12]
+    fewest = [c.metrics for v in same for c in [fewest_bytes(v.result, opts.mode)] if c]
+    quick = [c.metrics for v in same for c in [fastest(v.result, opts.mode)] if c]
+    whole = found[0] if found[0].name == "whole" else None
+    equal = whole.result.baselines["equal_flops"].metrics if whole else None
+    return choice_notes(best.result.best.metrics,
+                        min(fewest, key=lambda m: m.comm_bytes, default=None), equal,
+                        objective=opts.objective, time_slack=opts.time_slack,
+                        imbalance=best.result.eps_used,
+                        equal_admissible=whole is not None and
+                        whole.result.equal_admissible(best.result.eps_used),
+                        fastest=min(quick, key=lambda m: m.bottleneck_seconds, default=None))
 
 
 def _summary(v: _Variant) -> str:
@@ -171,7 +173,31 @@ def _summary(v: _Variant) -> str:
             f"{m.bottleneck_seconds * 1e6:,.1f} us")
 
 
-@register_pass("partition_graph")
+@dataclass(frozen=True)
+class PartitionGraphOptions:
+    """The keys of :class:`~graphopt.partition.search.PartitionOptions` (``k`` required; see
+    there), plus ``split`` (``auto``/``off``/``rows``/``nodes``, see the module docstring) and
+    ``model`` (the spec recorded in ``partition.json``). Seed and device come from the context."""
+
+    k: int | None = None
+    mode: Literal["pipeline", "cut"] = "pipeline"
+    imbalance: float = 0.03
+    ncuts: int | None = None
+    tries: int | None = None
+    link: str | None = None
+    microbatches: int = 8
+    schedule: Literal["gpipe", "1f1b", "interleaved", "zero-bubble"] = "1f1b"
+    memory_cap: float | int | None = None
+    speeds: tuple[float, ...] | None = None
+    time_slack: float = 0.05
+    refine: bool = True
+    time_budget: float | None = None
+    objective: Literal["volume", "time"] = "volume"
+    model: str | None = None
+    split: Literal["auto", "off", "rows", "nodes"] = "off"
+
+
+@register_pass("partition_graph", options=PartitionGraphOptions, makes=("partition",))
 def partition_graph(graph: Graph, ctx: PassContext) -> PassResult:
     start = time.perf_counter()
     opts = options_from(ctx)
@@ -183,6 +209,7 @@ def partition_graph(graph: Graph, ctx: PassContext) -> PassResult:
     plan.options["split"] = best.name
     plan.seconds = time.perf_counter() - start     # every variant: cutting and searching
     plan.splits = [c.to_dict() for c in best.cuts]
+    plan.notes = list(best.result.notes) + _choice_notes(best, found, opts)
     if unsplit_error is not None:
         plan.notes.append(f"the graph as written admits no plan ({unsplit_error}); cut first")
     if best.cuts:

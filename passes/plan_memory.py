@@ -33,7 +33,16 @@ class MemoryPlan:
         return {**self.liveness.summary(), "arena": self.arena.to_dict()}
 
 
-@register_pass("plan_memory")
+@dataclass(frozen=True)
+class PlanMemoryOptions:
+    """``count_inputs``: placeholder names that are activations (a backward graph's saved
+    tensors); ``arena_alignment``: bytes every arena offset is a multiple of."""
+
+    count_inputs: tuple[str, ...] | None = None
+    arena_alignment: int = 64
+
+
+@register_pass("plan_memory", options=PlanMemoryOptions, makes=("memory",))
 def plan_memory(graph: Graph, ctx: PassContext) -> PassResult:
     lv = analyze(graph, ctx.option("count_inputs"))
     arena = plan_arena(lv.buffers, alignment=int(ctx.option("arena_alignment", 64)))

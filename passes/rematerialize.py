@@ -7,14 +7,20 @@ without remat saves for the backward pass, an int is bytes. Optional options: ``
 (from aot_autograd), ``remat_solver`` (``auto``/``greedy``/``milp``), ``remat_time_limit``
 (seconds for the exact solver), ``remat_cost`` (``time`` or ``flops``), ``fuse`` (recomputed
 pointwise ops are fused, so charged for arithmetic only), ``remat_device`` (the cost model's
-device, default the context's).
+device, default the context's), ``remat_clamp`` (a budget below the feasible minimum gets the
+tightest feasible plan and a warning instead of an error; the torch.compile backend sets it).
 
 Guarantees: outputs and gradients are unchanged; random ops, collectives and ops with side
 effects are never recomputed; the activation memory held for the backward pass stays within the
-budget in the planner's accounting (:mod:`graphopt.memory.remat.problem`), with each recomputation just
-before its first use, or at the earlier stage the exact solver picks
-(:mod:`graphopt.memory.remat.rewrite`). A budget below the feasible minimum is a
-:class:`~graphopt.errors.PlanError` that states the minimum. Running the pass again on its own
+budget in the planner's accounting (:mod:`graphopt.memory.remat.problem`); at every budget the
+plan holds no more than the default partitioner's, since free pointwise ops are recomputed
+(:mod:`graphopt.memory.remat.baseline`); each recomputation sits just before its first use (a
+value recomputed in several segments, once per segment), or at the earlier stage the exact
+solver picks (:mod:`graphopt.memory.remat.rewrite`). A budget below the feasible minimum is a
+:class:`~graphopt.errors.PlanError` that states the minimum, or with ``remat_clamp`` a
+:class:`~graphopt.memory.remat.solve.BudgetBelowMinimumWarning` and the tightest plan (the
+report's ``budget_bytes`` is then that plan's peak, ``requested_budget_bytes`` what was asked).
+Running the pass again on its own
 output changes nothing; a graph whose nodes carry activation-checkpointing tags
 (``torch.utils.checkpoint`` inside the compiled region) is left to them. The plan goes to
 ``ctx.artifacts["remat"]`` (a :class:`RematReport`).
@@ -24,22 +30,17 @@ the exact one (small graphs, ``auto`` picks it below 600 binaries) is an MILP wi
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from typing import Literal
 
-from graphopt.errors import PlanError
 from graphopt.graph import Graph
 from graphopt.memory.remat.build import build_problem
-from graphopt.memory.remat.greedy import solve_greedy
-from graphopt.memory.remat.milp import milp_size, solve_milp
-from graphopt.memory.remat.problem import RematProblem, Solution, resolve_budget
+from graphopt.memory.remat.problem import resolve_budget
 from graphopt.memory.remat.rewrite import RECOMPUTE_META, apply_plan
+from graphopt.memory.remat.solve import AUTO_MILP_MAX_VARS, SOLVERS, solve, solve_budget
 from graphopt.passes.infra import PassContext, PassResult, register_pass
 
-__all__ = ["rematerialize", "solve", "RematReport", "AUTO_MILP_MAX_VARS"]
-
-AUTO_MILP_MAX_VARS = 600
-SOLVERS = ("auto", "greedy", "milp")
+__all__ = ["rematerialize", "solve", "RematReport", "AUTO_MILP_MAX_VARS", "SOLVERS"]
 
 
 @dataclass
@@ -56,44 +57,27 @@ class RematReport:
     solver: dict = field(default_factory=dict)
     candidates: int = 0
     stages: int = 0
+    requested_budget_bytes: int | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def solve(problem: RematProblem, budget: int, solver: str = "auto",
-          time_limit: float = 10.0) -> Solution:
-    """Plan with the named solver. ``auto``: the MILP when it is small, keeping the fast
-    solver's plan if it is cheaper (or the MILP ran out of time without one); else the fast one.
+@dataclass(frozen=True)
+class RematerializeOptions:
+    """See the module docstring for each key."""
 
-    Example:
-        >>> sol = solve(problem, budget=problem.saved_bytes(problem.default_saved()) // 2)
-        >>> sol.solver, sol.status, sol.evaluation.cost
-    """
-    if solver not in SOLVERS:
-        raise PlanError(f"unknown remat solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    if solver == "greedy" or (solver == "auto" and milp_size(problem) > AUTO_MILP_MAX_VARS):
-        return solve_greedy(problem, budget)
-    exact = solve_milp(problem, budget, time_limit=time_limit)
-    if solver == "milp":
-        return exact
-    fast = solve_greedy(problem, budget)
-    if not exact.ok or (fast.ok and fast.evaluation.cost < exact.evaluation.cost):
-        if not fast.ok and exact.min_peak is not None:
-            fast.min_peak = min(fast.min_peak or exact.min_peak, exact.min_peak)
-        return fast
-    return exact
+    memory_budget: float | int | None = None
+    num_fwd_outputs: int | None = None
+    remat_solver: Literal["auto", "greedy", "milp"] = "auto"
+    remat_time_limit: float = 10.0
+    remat_cost: Literal["time", "flops"] = "time"
+    fuse: bool = True
+    remat_device: str | None = None
+    remat_clamp: bool = False
 
 
-def _below_minimum(graph: Graph, budget_bytes: int, baseline: int, sol: Solution) -> PlanError:
-    low = sol.min_peak if sol.min_peak is not None else sol.evaluation.peak
-    frac = math.ceil(low / baseline * 1000) / 1000 if baseline else 1.0
-    return PlanError(f"{graph.name}: memory budget of {budget_bytes:,} bytes is below the feasible "
-                     f"minimum of {low:,} bytes ({frac:.3f} of the {baseline:,} bytes saved "
-                     f"without remat); use a budget of at least {frac:.3f} (or {low} bytes)")
-
-
-@register_pass("rematerialize")
+@register_pass("rematerialize", options=RematerializeOptions, makes=("remat",))
 def rematerialize(graph: Graph, ctx: PassContext) -> PassResult:
     budget = ctx.option("memory_budget")
     if budget is None:
@@ -114,10 +98,11 @@ def rematerialize(graph: Graph, ctx: PassContext) -> PassResult:
     base = problem.default_saved()
     baseline = problem.saved_bytes(base)
     budget_bytes = resolve_budget(budget, baseline)
-    sol = solve(problem, budget_bytes, ctx.option("remat_solver", "auto"),
-                float(ctx.option("remat_time_limit", 10.0)))
-    if not sol.ok:
-        raise _below_minimum(graph, budget_bytes, baseline, sol)
+    sol = solve_budget(problem, budget_bytes, baseline=baseline,
+                       solver=ctx.option("remat_solver", "auto"),
+                       time_limit=float(ctx.option("remat_time_limit", 10.0)),
+                       clamp=bool(ctx.option("remat_clamp", False)), name=graph.name)
+    budget_bytes = sol.budget
     ev = sol.evaluation
     created = apply_plan(graph, problem, ev, num_fwd)
     recomputed = [problem.names[v] for v in ev.recomputed() if problem.kind[v] in
@@ -127,10 +112,13 @@ def rematerialize(graph: Graph, ctx: PassContext) -> PassResult:
                          held_peak_bytes=ev.peak, recompute_flops=ev.flops,
                          recomputed=recomputed, saved=[problem.names[v] for v in ev.saved()],
                          solver=sol.stats(), candidates=len(problem),
-                         stages=problem.num_stages)
+                         stages=problem.num_stages, requested_budget_bytes=sol.requested_budget)
     ctx.artifacts["remat"] = report
     stats = {"baseline_saved_bytes": baseline, "budget_bytes": budget_bytes,
              "saved_bytes": report.saved_bytes, "held_peak_bytes": ev.peak,
              "recomputed": len(recomputed), "recompute_flops": ev.flops,
-             "new_nodes": len(created), "solver": sol.solver, "status": sol.status}
+             "new_nodes": len(created), "solver": sol.solver, "status": sol.status,
+             "recomputations": ev.recomputations()}
+    if sol.requested_budget is not None:
+        stats["requested_budget_bytes"] = sol.requested_budget
     return PassResult(graph, bool(created), stats)

@@ -7,13 +7,23 @@ from graphopt.partition.costgraph import CostGraph
 
 
 @st.composite
-def dags(draw, min_nodes: int = 3, max_nodes: int = 24) -> CostGraph:
-    """A random DAG in topological order: some parameters, some zero-FLOP nodes, fan-out."""
+def dags(draw, min_nodes: int = 3, max_nodes: int = 24, constants: bool = False) -> CostGraph:
+    """A random DAG in topological order: some parameters, some zero-FLOP nodes, fan-out.
+
+    ``constants``: some parameters are derived constants computed from earlier parameters (a
+    RoPE table from ``inv_freq``), so parameters feed parameters and some feed nothing else.
+    """
     n = draw(st.integers(min_nodes, max_nodes))
     is_param = [False] + [draw(st.integers(0, 4)) == 0 for _ in range(n - 1)]
     src, dst = [], []
     for v in range(1, n):
         if is_param[v]:
+            earlier = [u for u in range(v) if is_param[u]]
+            if constants and earlier and draw(st.booleans()):
+                preds = draw(st.lists(st.sampled_from(earlier), min_size=1, max_size=2,
+                                      unique=True))
+                src += preds
+                dst += [v] * len(preds)
             continue
         preds = draw(st.lists(st.integers(0, v - 1), min_size=1, max_size=3, unique=True))
         src += preds

@@ -52,6 +52,8 @@ BAD = {
     "no colon": ("resnet", "is not a model spec"),
     "unknown hf class": ("hf:NoSuchModel", "transformers has no model class"),
     "bad override": ("hf:GPT2LMHeadModel --set n_lyer=2", "has no field 'n_lyer'"),
+    "override of the wrong type": ("hf:GPT2LMHeadModel --set n_layer=abc",
+                                   "GPT2Config.n_layer takes int, got str"),
     "missing module": ("nosuchpkg.models:make", "cannot import module"),
 }
 

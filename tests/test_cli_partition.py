@@ -1,5 +1,6 @@
 """`graphopt partition` and `graphopt pipeline`: files as the contract says, bad input exits 2."""
 import json
+import shutil
 import textwrap
 
 import pytest
@@ -20,9 +21,13 @@ def _one_line_error(code, err, match):
     assert match in lines[0], lines[0]
 
 
-def test_partition_writes_json_and_pictures(capsys, tmp_path):
+def test_partition_writes_json_and_pictures(capsys, tmp_path, monkeypatch):
+    # no Graphviz needed: the HTML page lays the graph out in the browser
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None if name == "dot"
+                        else real_which(name, *a, **kw))
     code, out, _ = run_cli(capsys, "partition", "zoo:gpt", "-k", 2, "-o", tmp_path, "-q",
-                           "--format", "json,dot,svg,html")
+                           "--format", "json,dot,html")
     assert code == 0
     assert "equal_flops" in out and "contiguous_dp" in out
     data = json.loads((tmp_path / "partition.json").read_text())
@@ -32,9 +37,27 @@ def test_partition_writes_json_and_pictures(capsys, tmp_path):
     assert 'subgraph "cluster_0"' in dot and 'subgraph "cluster_1"' in dot
     assert 'color="#D62728"' in dot
     page = (tmp_path / "partition.html").read_text()
-    assert "<svg" in page and "<script src" not in page and "hover" in page
-    assert "flops=" in page  # node cost in the hover text
+    assert "<svg" in page and "<script src" not in page and "hover" in page.lower()
+    assert '"flops":' in page and '"sends":' in page  # node costs and the bytes sent, inlined
+    assert not (tmp_path / "partition.svg").exists()
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed "
+                    "(apt-get install graphviz); --format svg needs it")
+def test_partition_writes_svg_with_graphviz(capsys, tmp_path):
+    code, _, _ = run_cli(capsys, "partition", "zoo:gpt", "-k", 2, "-o", tmp_path, "-q",
+                         "--format", "svg")
+    assert code == 0
     assert (tmp_path / "partition.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_partition_svg_without_graphviz_is_bad_input(capsys, tmp_path, monkeypatch):
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None if name == "dot"
+                        else real_which(name, *a, **kw))
+    code, _, err = run_cli(capsys, "partition", "zoo:mlp", "-k", 2, "-o", tmp_path, "-q",
+                           "--format", "svg")
+    _one_line_error(code, err, "apt-get install graphviz")
 
 
 @pytest.mark.parametrize("argv,match", [

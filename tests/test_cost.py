@@ -3,8 +3,17 @@ import pytest
 import torch
 
 import graphopt
-from graphopt.cost import (DEVICES, LinkSpec, OpClass, get_device, get_link, node_flops, op_class,
-                           roofline_seconds, tensor_bytes)
+from graphopt.cost import (
+    DEVICES,
+    LinkSpec,
+    OpClass,
+    get_device,
+    get_link,
+    node_flops,
+    op_class,
+    roofline_seconds,
+    tensor_bytes,
+)
 
 aten = torch.ops.aten
 

@@ -7,7 +7,7 @@ import pytest
 
 import graphopt
 from graphopt import zoo
-from graphopt.export import (GraphvizMissing, to_dot, to_html, to_svg, write_graphml, write_json)
+from graphopt.export import GraphvizMissing, to_dot, to_html, to_svg, write_graphml, write_json
 
 
 @pytest.fixture(scope="module")

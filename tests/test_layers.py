@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP = ("graphopt.backend", "graphopt.cli", "graphopt.pass_lists")
-CORE = {"graph", "cost", "errors", "capture", "export", "specs", "zoo", "progress"}
+CORE = {"graph", "cost", "errors", "capture", "export", "viz_html", "specs", "zoo", "progress", "units",
+        "op_table", "op_entries", "device_spec", "schemas"}
 
 
 def _module_name(path: Path) -> str:

@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import sys
 
-from graphopt.cli.common import add_model_args, load_and_capture, print_json, progress_from
-from graphopt.cost import DEVICES, get_device, roofline_seconds
+from graphopt.cli.common import (
+    add_device_args,
+    add_model_args,
+    device_from,
+    load_and_capture,
+    non_negative_int,
+    print_json,
+    progress_from,
+)
+from graphopt.cost import get_device, roofline_seconds
 
 ORDER = 10
 
@@ -17,11 +25,11 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--format", choices=["table", "json"], default="table",
                    help="table for people (default), json for scripts")
-    p.add_argument("--device", choices=sorted(DEVICES), default="h100",
-                   help="device spec for the roofline estimate (default h100)")
-    p.add_argument("--nodes", action="store_true", help="include every node in the JSON output")
-    p.add_argument("--top", type=int, default=15, help="op histogram rows in the table "
-                   "(default 15)")
+    add_device_args(p, default="h100", prices="the roofline time estimate")
+    p.add_argument("--nodes", action="store_true", help="include every node in the JSON output "
+                   "(default: the summary only)")
+    p.add_argument("--top", type=non_negative_int, default=15, help="op histogram rows in the "
+                   "table (default 15)")
     p.set_defaults(func=run)
 
 
@@ -74,9 +82,10 @@ def _print_table(data: dict, top: int) -> None:
 
 
 def run(args) -> int:
+    device = device_from(args)  # a bad --device-spec fails before the capture
     progress = progress_from(args)
     _, graph = load_and_capture(args, progress)
-    data = report(graph, args.device, with_nodes=args.nodes)
+    data = report(graph, device, with_nodes=args.nodes)
     if args.format == "json":
         print_json(data)
     else:

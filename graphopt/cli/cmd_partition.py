@@ -2,37 +2,36 @@
 
 Writes ``DIR/partition.json`` (schema ``graphopt.partition/1``) and the pictures asked for with
 ``--format``: ``partition.dot`` / ``.svg`` (one colour per part, parts boxed, cut edges red and
-labelled with their bytes) and ``partition.html`` (self-contained: zoom, pan, hover a node for
-its cost). Prints the plan next to the two baselines (equal-FLOPs and optimal contiguous splits).
+labelled with their bytes; SVG needs Graphviz) and ``partition.html`` (self-contained, no
+Graphviz: one column per stage, modules as boxes that open on click, cut edges with their bytes,
+hover a node for its cost). Prints the plan next to the two baselines (equal-FLOPs and optimal contiguous splits).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from graphopt.cli.common import add_model_args, load_and_capture, progress_from
-from graphopt.cost import DEVICES, LINKS
+from graphopt.cli.common import (
+    add_device_args,
+    add_model_args,
+    add_out_arg,
+    calibrated_link,
+    device_from,
+    load_and_capture,
+    output_dir,
+    progress_from,
+)
+from graphopt.cost import LINKS
 from graphopt.errors import GraphoptError, PlanError
-from graphopt.export import GraphvizMissing, to_dot, to_html, to_svg, write_atomic
+from graphopt.export import to_dot, to_html, to_svg, write_atomic
 from graphopt.partition.search import MODES, OBJECTIVES, check_early
+from graphopt.pass_lists import PARTITION, run_pipeline
 from graphopt.passes import PassContext
 from graphopt.passes.partition_graph import SPLITS
-from graphopt.pass_lists import PARTITION, run_pipeline
+from graphopt.units import parse_bytes
 
 ORDER = 20
 FORMATS = ("json", "dot", "svg", "html")
-_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """``123456``, ``512M``, ``16GiB`` -> bytes."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        if t and t[-1] in _UNITS:
-            return int(float(t[:-1]) * _UNITS[t[-1]])
-        return int(float(t))
-    except ValueError:
-        raise GraphoptError(f"cannot read {text!r} as bytes (e.g. 17179869184 or 16GiB)") from None
 
 
 def parse_floats(text: str) -> list[float]:
@@ -52,11 +51,14 @@ def add_plan_args(p, *, mode: bool = True) -> None:
     g.add_argument("--imbalance", type=float, default=0.03,
                    help="allowed max part FLOPs / (total / k) - 1 (default 0.03)")
     g.add_argument("--link", choices=sorted(LINKS), default=None,
-                   help="link model for transfer times (default: by device)")
+                   help="link model for transfer times (default: the --device-spec's measured "
+                   "link, else by device)")
     g.add_argument("--ncuts", type=int, default=None,
                    help="METIS best-of-N cuts per run (default 4, 1 above 50k nodes)")
     g.add_argument("--memory-cap", default=None, metavar="BYTES",
-                   help="memory per device, e.g. 16GiB (default: the device's)")
+                   help="memory per device in bytes: an integer, or with a unit, KB/MB/GB "
+                   "powers of 10, KiB/MiB/GiB powers of 2 (e.g. 16GiB, 1.5GB); default: the "
+                   "device's")
     g.add_argument("--speeds", default=None, metavar="S0,S1,...",
                    help="relative device speeds, one per part (default: equal)")
     g.add_argument("--objective", choices=OBJECTIVES, default="volume",
@@ -74,9 +76,13 @@ def add_plan_args(p, *, mode: bool = True) -> None:
 
 
 def plan_options(args, k: int, mode: str) -> dict:
-    cap = parse_bytes(args.memory_cap) if args.memory_cap is not None else None
+    cap = parse_bytes(args.memory_cap, option="--memory-cap") \
+        if args.memory_cap is not None else None
+    if args.ncuts is not None and args.ncuts < 1:
+        raise PlanError(f"--ncuts must be at least 1, got {args.ncuts}")
     speeds = parse_floats(args.speeds) if args.speeds is not None else None
-    return {"k": k, "mode": mode, "imbalance": args.imbalance, "link": args.link,
+    link = args.link if args.link is not None else calibrated_link(args)
+    return {"k": k, "mode": mode, "imbalance": args.imbalance, "link": link,
             "ncuts": args.ncuts, "memory_cap": cap, "speeds": speeds,
             "microbatches": args.microbatches, "schedule": args.schedule, "model": args.model,
             "split": args.split, "objective": args.objective}
@@ -99,13 +105,12 @@ def register(sub) -> None:
     add_plan_args(p)
     p.add_argument("--microbatches", type=int, default=8,
                    help="micro-batches per step for the pipeline estimate (default 8)")
-    p.add_argument("--device", choices=sorted(DEVICES), default="h100",
-                   help="device spec for stage times (default h100)")
+    add_device_args(p, default="h100", prices="stage times and the default memory cap")
     p.add_argument("--format", default="json,html",
                    help="comma-separated outputs among json, dot, svg, html (default json,html)")
-    p.add_argument("-o", "--out", default=".", metavar="DIR",
-                   help="directory for partition.json and pictures (default: current)")
-    p.add_argument("--show-params", action="store_true", help="draw parameter nodes too")
+    add_out_arg(p, "partition.json and the pictures")
+    p.add_argument("--show-params", action="store_true", help="draw parameter nodes too "
+                   "(default: compute nodes only)")
     p.set_defaults(func=run)
 
 
@@ -131,18 +136,11 @@ def write_outputs(graph, plan, out: Path, fmts: list[str], show_params: bool) ->
     dot = to_dot(graph, show_params=show_params, title=title, part_labels=labels)
     if "dot" in fmts:
         written.append(write_atomic(out / "partition.dot", dot))
-    svg = None
     if "svg" in fmts:  # asked for: a missing Graphviz is an error the user can fix
-        svg = to_svg(graph, dot)
-        written.append(write_atomic(out / "partition.svg", svg))
-    elif "html" in fmts:
-        try:
-            svg = to_svg(graph, dot)
-        except GraphvizMissing:
-            svg = None  # the page still opens, with the tables and a note
-    if "html" in fmts:
+        written.append(write_atomic(out / "partition.svg", to_svg(graph, dot)))
+    if "html" in fmts:  # draws itself in the browser: no Graphviz needed
         page = to_html(graph, title=f"graphopt partition {plan.model}", subtitle=title,
-                       rows=plan.rows(), dot_text=dot, svg_text=svg)
+                       rows=plan.rows(), show_params=show_params, part_labels=labels)
         written.append(write_atomic(out / "partition.html", page))
     return written
 
@@ -182,13 +180,14 @@ def run(args) -> int:
     plan_options(args, args.k, args.mode)  # option values a user can fix, before the capture
     if args.microbatches < 1:
         raise PlanError(f"--microbatches must be at least 1, got {args.microbatches}")
+    device = device_from(args)
     progress = progress_from(args)
-    _, graph = load_and_capture(args, progress)
-    with progress.step(f"partitioning into {args.k} parts"):
-        graph, plan = make_plan(args, graph, k=args.k, mode=args.mode, device=args.device)
-    out = Path(args.out)
-    with progress.step("writing " + ", ".join(fmts)):
-        written = write_outputs(graph, plan, out, fmts, args.show_params)
+    with output_dir(args.out) as out:
+        _, graph = load_and_capture(args, progress)
+        with progress.step(f"partitioning into {args.k} parts"):
+            graph, plan = make_plan(args, graph, k=args.k, mode=args.mode, device=device)
+        with progress.step("writing " + ", ".join(fmts)):
+            written = write_outputs(graph, plan, out, fmts, args.show_params)
     print_table(plan)
     for path in written:
         print(f"wrote {path}")

@@ -17,13 +17,19 @@ import torch
 import torch.utils._pytree as pytree
 
 from graphopt.cli.cmd_partition import add_plan_args, make_plan, plan_options
-from graphopt.cli.common import add_model_args, load_and_capture, progress_from
-from graphopt.cost import DEVICES
+from graphopt.cli.common import (
+    add_device_args,
+    add_model_args,
+    device_from,
+    load_and_capture,
+    positive_int,
+    progress_from,
+)
+from graphopt.distributed.stage_runtime import run_pipeline
 from graphopt.errors import GraphoptError, PlanError
 from graphopt.partition.plan import Partition
 from graphopt.partition.search import check_early
 from graphopt.passes.split_ops import cut_like
-from graphopt.distributed.stage_runtime import run_pipeline
 
 ORDER = 25
 
@@ -38,14 +44,16 @@ def register(sub) -> None:
                    help="number of stages (processes); required unless --plan gives it")
     p.add_argument("--microbatches", type=int, default=4, help="micro-batches to run (default 4)")
     p.add_argument("--check", action="store_true",
-                   help="compare with the single-process model; exit 1 on mismatch")
+                   help="compare with the single-process model; exit 1 on mismatch (default: "
+                   "off)")
     p.add_argument("--rtol", type=float, default=1e-4,
-                   help="largest relative error --check accepts (default 1e-4)")
+                   help="largest relative error --check accepts: max |got - want| / max |want| "
+                   "(default 1e-4)")
     p.add_argument("--plan", default=None, metavar="FILE", help="a partition.json to run instead "
                    "of partitioning (pipeline mode, made for the same model and shapes)")
-    p.add_argument("--device", choices=sorted(DEVICES), default="cpu",
-                   help="device spec for the estimate (default cpu)")
-    p.add_argument("--threads", type=int, default=None,
+    add_device_args(p, default="cpu", prices="the stages for the partition and the "
+                    "throughput estimate")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="intra-op threads per process (default: cores / K)")
     add_plan_args(p, mode=False)
     p.set_defaults(func=run)
@@ -109,6 +117,8 @@ def _reference(loaded, graph, mbs: list[tuple]) -> tuple[list[tuple], str]:
 def run(args) -> int:
     if args.microbatches < 1:
         raise GraphoptError(f"--microbatches must be at least 1, got {args.microbatches}")
+    if not (math.isfinite(args.rtol) and args.rtol >= 0):
+        raise GraphoptError(f"--rtol must be a finite number >= 0, got {args.rtol:g}")
     if args.plan is None:
         if args.k is None:
             raise PlanError("give -k K (the number of stages) or --plan partition.json")
@@ -117,11 +127,12 @@ def run(args) -> int:
     plan = Partition.from_json(Path(args.plan)) if args.plan else None
     if plan is not None and args.k is not None and args.k != plan.k:
         raise PlanError(f"-k {args.k} disagrees with the plan's k={plan.k}")
+    device = device_from(args)
     progress = progress_from(args)
     loaded, graph = load_and_capture(args, progress)
     if plan is None:
         with progress.step(f"partitioning into {args.k} stages"):
-            graph, plan = make_plan(args, graph, k=args.k, mode="pipeline", device=args.device)
+            graph, plan = make_plan(args, graph, k=args.k, mode="pipeline", device=device)
     else:
         graph = cut_like(graph, plan.splits, plan.source)   # a plan made on a cut graph
         plan.apply(graph)
@@ -142,7 +153,7 @@ def run(args) -> int:
           f"{result.microbatches_per_second:.2f} micro-batches/s "
           f"({result.microbatches_per_second * batch:.2f} samples/s); {wall:.1f} s with start-up")
     rate = args.microbatches / est_step if est_step > 0 else math.inf
-    where = f"{plan.options.get('device', args.device)}, " \
+    where = f"{plan.options.get('device', device)}, " \
         f"{plan.options.get('link_name', plan.options.get('link', 'link'))}"
     print(f"estimated ({where}): {est_step * 1e3:.3f} ms for the step, {rate:.2f} "
           f"micro-batches/s; bubble {est['bubble_fraction']:.0%}; measured/estimated time "

@@ -5,64 +5,45 @@ aot_autograd traces): which activations to save and which to recompute so that t
 memory held for the backward pass fits the budget. Without it, the forward graph alone: its
 liveness, peak and buffer-reuse arena (there is nothing to recompute). Writes
 ``DIR/memory.json`` (schema ``graphopt.memory/1``) and ``DIR/memory.png`` / ``.svg``: live memory
-over the step before and after the plan.
+over the step before and after the plan. ``DIR`` defaults to ``out``.
 """
 from __future__ import annotations
 
-import re
+import math
 import sys
 from pathlib import Path
 
 import torch.utils._pytree as pytree
 
-from graphopt.capture import capture
-from graphopt.cli.common import add_model_args, print_json, progress_from
-from graphopt.cost import DEVICES
+from graphopt import units
+from graphopt.cli.common import (
+    add_device_args,
+    add_model_args,
+    add_out_arg,
+    capture_loaded,
+    device_from,
+    load_and_capture,
+    output_dir,
+    print_json,
+    progress_from,
+)
 from graphopt.errors import GraphoptError
 from graphopt.export import write_atomic
 from graphopt.memory.arena import plan_arena
 from graphopt.memory.liveness import analyze
+from graphopt.memory.plot import plot_live_memory
 from graphopt.memory.remat.build import forward_region
 from graphopt.memory.remat.problem import resolve_budget
-from graphopt.memory.plot import plot_live_memory
 from graphopt.memory.report import dumps, memory_report
-from graphopt.passes import PassContext
 from graphopt.pass_lists import TRAINING_JOINT, run_pipeline
-from graphopt.specs import load_spec, parse_overrides
+from graphopt.passes import PassContext
 
 ORDER = 40
-_UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9,
-          "b": 1}
 
 
 def parse_budget(text: str) -> float | int:
-    """``0.5`` -> fraction 0.5; ``123456`` -> bytes; ``512MiB``/``2GB`` -> bytes."""
-    t = text.strip().lower().replace("_", "")
-    m = re.fullmatch(r"([0-9.]+)\s*(kib|mib|gib|kb|mb|gb|b)", t)
-    nbytes = None
-    if m:
-        try:
-            nbytes = int(float(m.group(1)) * _UNITS[m.group(2)])
-        except ValueError:
-            pass
-    elif re.fullmatch(r"[0-9]+", t):
-        nbytes = int(t)
-    if nbytes is not None:
-        if nbytes <= 0:
-            raise GraphoptError(f"--budget {text}: a budget in bytes must be positive")
-        return nbytes
-    if not m:
-        try:
-            value = float(t)
-        except ValueError:
-            value = None
-        if value is not None and 0.0 < value <= 1.0:
-            return value
-        if value is not None:
-            raise GraphoptError(f"--budget {text}: a fraction must lie in (0, 1]; give bytes as "
-                                "an integer or with a unit (e.g. 512MiB)")
-    raise GraphoptError(f"--budget {text!r} is neither a fraction in (0, 1] nor bytes "
-                        "(e.g. 0.5, 268435456 or 256MiB)")
+    """``0.5`` -> fraction 0.5; ``123456`` -> bytes; ``512MiB``/``2GB`` -> bytes (see units)."""
+    return units.parse_budget(text, option="--budget")
 
 
 def register(sub) -> None:
@@ -72,36 +53,24 @@ def register(sub) -> None:
                        "holds fits --budget; writes DIR/memory.json and a plot of live memory.")
     add_model_args(p)
     p.add_argument("--budget", required=True, metavar="B",
-                   help="a fraction in (0, 1] of the activation bytes saved without remat, "
-                   "or bytes (an integer, or with a unit: 512MiB, 2GB)")
+                   help="memory for the activations held for backward: a fraction in (0, 1] of "
+                   "those saved without remat, written with a decimal point and no unit (0.5, "
+                   "1.0); or bytes: an integer (268435456) or with a unit, KB/MB/GB powers of "
+                   "10, KiB/MiB/GiB powers of 2 (512MiB, 1.5GB); a bare 1.5 is an error")
     p.add_argument("--train", action="store_true", help="plan the training step (forward and "
                    "backward), not the forward pass alone")
-    p.add_argument("-o", "--out", default=".", metavar="DIR", help="output directory "
-                   "(default: the current one)")
+    add_out_arg(p, "memory.json and the memory plots")
     p.add_argument("--solver", choices=["auto", "greedy", "milp"], default="auto",
                    help="auto (default): the exact MILP on small graphs, the fast solver else")
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds for the MILP "
-                   "(default 10); the gap it reached is reported")
-    p.add_argument("--device", choices=sorted(DEVICES), default="h100",
-                   help="device whose roofline prices recomputation (default h100)")
+    p.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS",
+                   help="wall-clock seconds for the MILP (default 10); the gap it reached is "
+                   "reported")
+    add_device_args(p, default="h100", prices="recomputation")
     p.add_argument("--plot", default="png", help="plot formats, comma-separated: png, svg, "
                    "or none (default png)")
     p.add_argument("--format", choices=["table", "json"], default="table",
                    help="summary on stdout: table (default) or json")
     p.set_defaults(func=run)
-
-
-def _capture(args, progress, train: bool):
-    with progress.step(f"loading {args.model}"):
-        loaded = load_spec(args.model, overrides=parse_overrides(args.overrides),
-                           batch=args.batch, seq=args.seq, image_size=args.image_size,
-                           seed=args.seed)
-    if train:
-        loaded.model.train()  # dropout and batch-norm statistics as in a real step
-    with progress.step(f"capturing {args.model}"):
-        graph = capture(loaded.model, loaded.inputs, loaded.kwargs or None, mode=args.capture,
-                        name=args.model)
-    return loaded, graph
 
 
 def _backward_start(graph) -> int:
@@ -111,10 +80,10 @@ def _backward_start(graph) -> int:
                  and n.name not in forward), len(nodes))
 
 
-def _plan_train(args, budget, progress):
+def _plan_train(args, budget, device, progress):
     from graphopt.memory.joint import capture_joint
     notes = []
-    loaded, graph = _capture(args, progress, train=True)
+    loaded, graph = load_and_capture(args, progress, train=True)
     flat = pytree.tree_leaves((loaded.inputs, loaded.kwargs or {}))
     with progress.step("tracing the training step"):
         try:
@@ -123,8 +92,7 @@ def _plan_train(args, budget, progress):
             # Train-mode state updates (batch-norm running statistics) are in-place writes
             # aot_autograd cannot differentiate through once exported; plan the eval-mode step.
             loaded.model.eval()
-            graph = capture(loaded.model, loaded.inputs, loaded.kwargs or None,
-                            mode=args.capture, name=args.model)
+            graph = capture_loaded(args, loaded, progress)
             joint = capture_joint(graph, flat)
             notes.append(f"planned the step with the model in eval mode: in train mode "
                          f"{str(exc).split(': ', 1)[-1][:160]}")
@@ -132,7 +100,7 @@ def _plan_train(args, budget, progress):
     start_before = _backward_start(joint.graph)
     ctx = PassContext(options={"memory_budget": budget, "num_fwd_outputs": joint.num_fwd_outputs,
                                "remat_solver": args.solver, "remat_time_limit": args.time_limit,
-                               "remat_device": args.device}, seed=args.seed, device=args.device)
+                               "remat_device": device}, seed=args.seed, device=device)
     with progress.step(f"planning under budget {args.budget}"):
         planned = run_pipeline(joint.graph, TRAINING_JOINT, ctx)
     plan = ctx.artifacts["memory"]
@@ -147,8 +115,8 @@ def _plan_train(args, budget, progress):
     return data, curves, bounds
 
 
-def _plan_inference(args, budget, progress):
-    _, graph = _capture(args, progress, train=False)
+def _plan_inference(args, budget, device, progress):
+    _, graph = load_and_capture(args, progress)
     lv = analyze(graph)
     arena = plan_arena(lv.buffers)
     data = memory_report(model=args.model, train=False, baseline=lv, plan=lv, arena=arena,
@@ -170,17 +138,21 @@ def run(args) -> int:
     if bad:
         raise GraphoptError(f"--plot {args.plot}: unknown format(s) {', '.join(bad)}; "
                             "use png, svg or none")
-    data, curves, bounds = (_plan_train if args.train else _plan_inference)(args, budget,
-                                                                            progress)
-    out = Path(args.out)
-    written = [write_atomic(out / "memory.json", dumps(data))]
-    for fmt in formats:
-        if fmt == "none":
-            continue
-        title = f"{args.model}: {'training step' if args.train else 'forward pass'}"
-        with progress.step(f"plotting memory.{fmt}"):
-            written.append(plot_live_memory(curves, out / f"memory.{fmt}", title=title,
-                                            boundaries=bounds))
+    if not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        raise GraphoptError(f"--time-limit must be a positive number of seconds, got "
+                            f"{args.time_limit:g}")
+    device = device_from(args)
+    with output_dir(args.out) as out:
+        data, curves, bounds = (_plan_train if args.train else _plan_inference)(
+            args, budget, device, progress)
+        written = [write_atomic(out / "memory.json", dumps(data))]
+        for fmt in formats:
+            if fmt == "none":
+                continue
+            title = f"{args.model}: {'training step' if args.train else 'forward pass'}"
+            with progress.step(f"plotting memory.{fmt}"):
+                written.append(plot_live_memory(curves, out / f"memory.{fmt}", title=title,
+                                                boundaries=bounds))
     if args.format == "json":
         print_json(data)
     else:

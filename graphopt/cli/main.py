@@ -1,6 +1,7 @@
 """The ``graphopt`` command line: one subcommand per module ``graphopt/cli/cmd_<name>.py``.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 1 internal error (with traceback).
+Exit codes: 0 success, 2 bad input (one line on stderr, never a traceback), 1 internal error
+(with traceback). Usage errors argparse finds are held to the same one-line shape.
 """
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ EPILOG = """model specs:
   hf:ClassName              a transformers class from its default config, random weights
                             (e.g. hf:GPT2LMHeadModel --set n_layer=2); needs graphopt[hf]
 
+byte sizes (--memory-cap, --budget, ...):
+  4096 is bytes; KB/MB/GB/TB are powers of 10 (2GB = 2000000000), KiB/MiB/GiB/TiB powers of 2
+  (2GiB = 2147483648); a decimal needs a unit (1.5GiB), a bare 1.5 is an error
+
+output: every command that writes files takes -o/--out DIR (default out)
+
 exit codes: 0 success, 1 internal error, 2 bad input
 """
 
@@ -32,9 +39,16 @@ def _command_modules():
     return sorted(mods, key=lambda m: getattr(m, "ORDER", 100))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error shape: one line on stderr, exit code 2, no usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"graphopt: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from graphopt import __version__
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="graphopt", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="A computation-graph optimizer for PyTorch: capture a model as a "
                     "cost-annotated ATen graph, partition it across devices, fuse memory-bound "
@@ -48,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already reported
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         return int(args.func(args) or 0)
     except GraphoptError as exc:

@@ -1,35 +1,34 @@
-"""Run pipeline stages on k processes with ``torch.distributed`` (gloo on CPU, NCCL on GPUs).
+"""Run pipeline stages forward (inference) on k processes, on ``torch.distributed.pipelining``.
 
 Needs: :class:`~graphopt.partition.stages.Stages` from :meth:`Partition.split
 <graphopt.partition.plan.Partition.split>` and a list of micro-batches (each a tuple of the
 model's flat inputs, shaped like the example inputs the graph was captured with).
 Guarantees: the outputs of every micro-batch, exactly as the stages compute them in one process.
 
-Schedule: GPipe forward. Rank ``r`` runs stage ``r`` on micro-batch 0, 1, ... in order: it posts
-receives for the tensors it needs (straight from the producing stage, which may be any earlier
-one, not only ``r - 1``), runs its module, and posts asynchronous sends to every consuming stage
-before moving to the next micro-batch, so stage ``r`` works on micro-batch ``i`` while stage
-``r + 1`` works on ``i - 1``. Every message is tagged by (micro-batch, value, tensor), so matching
-never depends on arrival order. ``torch.distributed.pipelining`` is not used because its stages
-pass activations only from stage ``i`` to ``i + 1``; a plan's skip transfers would have to be
-forwarded through every stage in between, sending more than the plan says.
+The same lowering as training (:mod:`graphopt.distributed.lowering`): one manual
+``PipelineStage`` per rank over a :class:`~graphopt.distributed.lowering.RelayStage`, static
+tensor metadata, ``ScheduleGPipe`` without a loss (forward only) under ``no_grad``. One warm-up
+step runs before the timed one. Processes start through :func:`graphopt.distributed.launch.run_workers`,
+so a failing rank stops the others and is named in one line.
 
-Processes start with ``torch.multiprocessing`` (spawn) and meet on a free localhost port; one
-warm-up micro-batch runs before the timed run. Boolean tensors travel as bytes (gloo has no
-bool type).
+What the engine does differently from the home-made runtime it replaces: a value a stage sends
+to a later, non-adjacent stage is relayed through the stages between (the manual frontend sends
+only ``i -> i + 1``; it takes tuples and any dtype), so the bytes on the wire are the relay's
+(:func:`~graphopt.distributed.lowering.relay_bytes`), not the plan's one send per consumer; and
+the micro-batches enter as one batch that the engine splits along dimension 0, so every input
+must have a batch dimension (the same across micro-batches, as they all match the captured
+shapes). Nothing the old runtime did is left that the engine cannot do.
 """
 from __future__ import annotations
 
-import os
-import socket
-import tempfile
 import time
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
 
 import torch
 
+from graphopt.distributed.launch import default_backend, free_port, run_workers
+from graphopt.distributed.lowering import Lowered, RelayStage, lower, rebuild_value
+from graphopt.errors import GraphoptError
 from graphopt.partition.stages import Stages
 
 __all__ = ["PipelineRun", "run_pipeline", "free_port"]
@@ -40,7 +39,7 @@ class PipelineRun:
     """What a multi-process run returns."""
 
     outputs: list[tuple]   # per micro-batch: the model's flat outputs
-    seconds: float         # the timed run of all micro-batches (after one warm-up)
+    seconds: float         # the timed run of all micro-batches (after one warm-up step)
     world_size: int
     backend: str
 
@@ -49,121 +48,42 @@ class PipelineRun:
         return len(self.outputs) / self.seconds if self.seconds > 0 else float("inf")
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tensors(val) -> list[torch.Tensor]:
-    if isinstance(val, torch.Tensor):
-        return [val]
-    return [t for v in val for t in _tensors(v)]
-
-
-def _rebuild(layout, flat: list[torch.Tensor]):
-    """Put received tensors back in a value's structure (see ``Stage.layout``)."""
-    it = iter(flat)
-
-    def go(v):
-        return next(it) if v is None else tuple(go(x) for x in v)
-    return go(layout)
-
-
-def _wire(t: torch.Tensor) -> torch.Tensor:
-    t = t.contiguous()
-    return t.view(torch.uint8) if t.dtype == torch.bool else t
-
-
-class _Worker:
-    """One rank: its stage, its device and the message tags."""
-
-    def __init__(self, rank: int, stages: Stages, device: torch.device):
-        import torch.distributed as dist
-        self.dist = dist
-        self.rank, self.device = rank, device
-        self.stage = stages.stages[rank]
-        self.stage.module.to(device)
-        names = sorted({n for st in stages.stages for n in st.sends})
-        self.value_id = {n: i for i, n in enumerate(names)}
-        self.width = max((len(s) for st in stages.stages for s in st.specs.values()), default=1)
-        self.nvalues = max(len(names), 1)
-        self.results = [(i, v) for i, (kind, v) in enumerate(stages.results)
-                        if kind == "value" and stages.owner.get(v) == rank]
-        self.pending: list = []
-
-    def tag(self, mb: int, name: str, j: int) -> int:
-        return (mb * self.nvalues + self.value_id[name]) * self.width + j
-
-    def step(self, mb: int, inputs: tuple) -> dict[int, torch.Tensor]:
-        st, dist = self.stage, self.dist
-        bufs, reqs = {}, []
-        for name, kind, src in st.inputs:
-            if kind != "recv":
-                continue
-            ts = []
-            for j, (shape, dtype) in enumerate(st.specs[name]):
-                wire = torch.empty(shape, dtype=torch.uint8 if dtype == torch.bool else dtype,
-                                   device=self.device)
-                reqs.append(dist.irecv(wire, src=src, tag=self.tag(mb, name, j)))
-                ts.append((wire, dtype))
-            bufs[name] = ts
-        for r in reqs:
-            r.wait()
-        args = []
-        for name, kind, src in st.inputs:
-            if kind == "user":
-                args.append(inputs[src].to(self.device))
-                continue
-            flat = [w.view(torch.bool) if d == torch.bool else w for w, d in bufs[name]]
-            args.append(_rebuild(st.layout.get(name), flat))
-        with torch.no_grad():
-            outs = st.module(*args)
-        values = dict(zip(st.outputs, outs))
-        for name, dsts in st.sends.items():
-            for j, t in enumerate(_tensors(values[name])):
-                w = _wire(t)
-                for dst in dsts:
-                    self.pending.append((dist.isend(w, dst=dst, tag=self.tag(mb, name, j)), w))
-        return {i: values[v].detach().cpu() for i, v in self.results}
-
-    def drain(self) -> None:
-        for req, _ in self.pending:
-            req.wait()
-        self.pending.clear()
-
-
-def _worker(rank: int, world: int, port: int, job: str, out_dir: str, backend: str,
-            threads: int) -> None:
+def _infer_worker(rank: int, world: int, lowered: Lowered, batch: tuple, m: int) -> dict:
     import torch.distributed as dist
-    torch.set_num_threads(max(1, threads))
-    device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
-    if backend == "nccl":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=300))
-    try:
-        data = torch.load(job, weights_only=False)
-        stages, mbs = data["stages"], data["microbatches"]
-        w = _Worker(rank, stages, device)
-        w.step(0, mbs[0])          # warm-up: first-call overheads stay out of the timing
-        w.drain()
+    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+    cuda = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    prog = lowered.programs[rank]
+    module = RelayStage(prog).to(device)
+    stage = PipelineStage(module, rank, world, device, input_args=prog.examples(prog.carry_in),
+                          output_args=prog.examples(prog.carry_out))
+    outputs: list[tuple] = []
+    forward = stage.forward_one_chunk
+
+    def keep(chunk, *a, **kw):     # the last stage's outputs, per micro-batch, in order
+        out = forward(chunk, *a, **kw)
+        if rank == world - 1:
+            outputs.append(tuple(t.detach().cpu() for t in out))
+        return out
+
+    stage.forward_one_chunk = keep
+    sched = ScheduleGPipe(stage, n_microbatches=m)
+    args = tuple(t.to(device) for t in batch) if rank == 0 else ()
+    with torch.no_grad():
+        sched.step(*args, return_outputs=False)         # warm-up: first-call costs untimed
+        outputs.clear()
         dist.barrier()
         start = time.perf_counter()
-        results = [w.step(i, mb) for i, mb in enumerate(mbs)]
-        w.drain()
-        if backend == "nccl":
+        sched.step(*args, return_outputs=False)
+        if cuda:
             torch.cuda.synchronize(device)
         dist.barrier()
         seconds = time.perf_counter() - start
-        torch.save({"results": results, "seconds": seconds}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    return {"outputs": outputs, "seconds": seconds}
 
 
 def run_pipeline(stages: Stages, microbatches: list[tuple], *, backend: str | None = None,
-                 threads: int | None = None) -> PipelineRun:
+                 threads: int | None = None, graph=None, timeout_s: float = 600.0) -> PipelineRun:
     """Run ``stages`` on one process each; returns every micro-batch's outputs and the time.
 
     Args:
@@ -171,30 +91,39 @@ def run_pipeline(stages: Stages, microbatches: list[tuple], *, backend: str | No
         microbatches: tuples of flat model inputs.
         backend: ``gloo`` or ``nccl`` (default: NCCL when there is a GPU per stage, else gloo).
         threads: intra-op threads per process (default: the cores shared out evenly).
+        graph: the graph the stages came from (optional: names inputs no stage uses).
 
     Example:
         >>> stages = plan.split(graph)
         >>> run = run_pipeline(stages, [inputs, inputs])
         >>> run.outputs[0], run.seconds
     """
-    import torch.multiprocessing as mp
+    if not microbatches:
+        raise GraphoptError("run_pipeline needs at least one micro-batch")
+    first = tuple(microbatches[0])
+    for i, t in enumerate(first):
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            raise GraphoptError(f"input {i} has no batch dimension: the pipeline engine splits "
+                                "every input along dimension 0")
     world = len(stages)
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world \
-            else "gloo"
-    threads = threads or max(1, (os.cpu_count() or 1) // world)
-    with tempfile.TemporaryDirectory(prefix="graphopt-pipe-") as tmp:
-        job = str(Path(tmp) / "job.pt")
-        torch.save({"stages": stages, "microbatches": [tuple(mb) for mb in microbatches]}, job)
-        mp.start_processes(_worker, args=(world, free_port(), job, tmp, backend, threads),
-                           nprocs=world, join=True, start_method="spawn")
-        outputs: list[dict[int, torch.Tensor]] = [{} for _ in microbatches]
-        seconds = 0.0
-        for r in range(world):
-            got = torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False)
-            seconds = max(seconds, got["seconds"])
-            for i, res in enumerate(got["results"]):
-                outputs[i].update(res)
-    flat = [tuple(out[i] if kind == "value" else v
-                  for i, (kind, v) in enumerate(stages.results)) for out in outputs]
-    return PipelineRun(outputs=flat, seconds=seconds, world_size=world, backend=backend)
+    lowered = lower(stages, graph, example=first)
+    batch = tuple(torch.cat([tuple(mb)[i] for mb in microbatches]) for i in range(len(first)))
+    backend = backend or default_backend(world)
+    results = run_workers(_infer_worker, world, (lowered, batch, len(microbatches)),
+                          timeout_s=timeout_s, backend=backend, threads=threads)
+    last = lowered.programs[-1]
+    flat_outputs = results[-1]["outputs"]
+    outputs = []
+    for flat in flat_outputs:
+        values, it = [], iter(flat)
+        for name in last.carry_out:
+            values.append(rebuild_value(last.layouts[name], it))
+        by_slot = {}
+        pos = 0
+        for name, val in zip(last.carry_out, values):
+            by_slot[pos] = val
+            pos += len(last.specs[name])
+        outputs.append(tuple(by_slot[s] if s is not None else c
+                             for s, c in zip(lowered.result_slots, lowered.result_consts)))
+    seconds = max(r["seconds"] for r in results)
+    return PipelineRun(outputs=outputs, seconds=seconds, world_size=world, backend=backend)

@@ -39,8 +39,15 @@ from dataclasses import dataclass, field
 
 import torch.fx
 
-from graphopt.fusion.ops import (CONSTANTS, FusionKind, fusion_kind, overload_key, reduced_dims,
-                                 static_meta, torch_reduced_dims)
+from graphopt.fusion.ops import (
+    CONSTANTS,
+    FusionKind,
+    fusion_kind,
+    overload_key,
+    reduced_dims,
+    static_meta,
+    torch_reduced_dims,
+)
 
 __all__ = ["Domain", "FusionReject", "LinearMap", "analyze", "operand_map", "strip_ones",
            "PERSISTENT_MAX_COLS"]

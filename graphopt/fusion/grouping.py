@@ -38,8 +38,7 @@ import torch.fx
 from graphopt import op_table
 from graphopt.cost import OpClass, get_device
 from graphopt.fusion.domain import PERSISTENT_MAX_COLS, Domain, FusionReject, analyze
-from graphopt.fusion.ops import (CONSTANTS, FusionKind, fusion_kind, not_fusible_reason,
-                                 overload_key)
+from graphopt.fusion.ops import CONSTANTS, FusionKind, fusion_kind, not_fusible_reason, overload_key
 from graphopt.fusion.plan import FusionGroup, FusionPlan, Rejection, value_bytes
 from graphopt.graph import Graph
 

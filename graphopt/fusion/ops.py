@@ -17,42 +17,40 @@ Every ATen op the capture produces falls in one fusion kind:
 * ``opaque``: matmul, convolution, attention, random and custom ops, and anything unknown. They
   stay in ATen; fusion never fails on them.
 
-A pointwise op is fusible exactly when this module has a :class:`Rule` for it: the rule is how
-code generation writes it as a Triton expression, so the passes and the code generator agree by
-construction. Rules compute half-precision values in float32, as Inductor does.
+Which overloads fuse, and how, is written in their :mod:`graphopt.op_table` entries
+(``Op.fuse``); this module reads them through live views keyed by :func:`overload_key`
+(``POINTWISE``, ``VIEWS``, ``BROADCASTS``, ``REDUCTIONS``, ``CONSTANTS``) and holds the emitters
+and legality checks entries name. A pointwise op is fusible exactly when its entry gives it a
+:class:`Rule`: the rule is how code generation writes it as a Triton expression, so the passes
+and the code generator agree by construction. Rules compute half-precision values in float32,
+as Inductor does.
 
 Example:
     >>> fusion_kind(node)                       # "pointwise", "reduction", "view", ...
     >>> rule = POINTWISE["add.Tensor"]
     >>> rule.emit(["x", "y"], {"alpha": 2})
-    '(x + y * 2)'
+    '(x + y * 2.0)'
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
-from typing import Callable
+from functools import cache
 
 import torch
 import torch.fx
 
+from graphopt import op_table
 from graphopt.cost import OpClass, op_class
+from graphopt.op_table import FusionKind, overload_key
+from graphopt.op_table import Reduce as Reduction
 
 __all__ = ["FusionKind", "Rule", "Reduction", "POINTWISE", "VIEWS", "BROADCASTS", "REDUCTIONS",
-           "CONSTANTS",
+           "CONSTANTS", "EMITTERS", "CHECKS", "rule_of",
            "constant_value", "reduced_dims", "torch_reduced_dims", "overload_key",
            "fusion_kind", "not_fusible_reason", "static_meta", "compute_type", "storage_type",
            "literal", "FUSIBLE_DTYPES"]
-
-
-class FusionKind:
-    POINTWISE = "pointwise"
-    VIEW = "view"
-    BROADCAST = "broadcast"
-    REDUCTION = "reduction"
-    INJECTIVE = "injective"
-    OPAQUE = "opaque"
-    INPUT = "input"  # placeholders and parameters
 
 
 # Output dtypes a fused kernel may produce. float64 stays in ATen: Triton turns Python float
@@ -122,15 +120,6 @@ def _f(fmt: str) -> Callable[[list, dict], str]:
     return lambda a, k: fmt.format(*a)
 
 
-def _alpha(op: str, swap: bool = False):
-    def emit(a, k):
-        x, y = (a[1], a[0]) if swap else (a[0], a[1])
-        alpha = k.get("alpha", 1)
-        return f"({x} {op} {y})" if alpha == 1 else \
-            f"({x} {op} {y} * {literal(alpha, 'tl.float32')})"
-    return emit
-
-
 def _pow_ok(node: torch.fx.Node) -> bool:
     e = node.args[1]
     return isinstance(e, (int, float)) and not isinstance(e, bool) and (
@@ -180,106 +169,100 @@ def _float_in(node: torch.fx.Node) -> bool:
     return isinstance(val, torch.Tensor) and val.dtype.is_floating_point
 
 
-_IDENTITY = Rule(1, "r", _f("{0}"))
-_CAST = Rule(1, "r", _f("{0}"), check=_to_copy_ok)
-_CMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+def _keeps_layout(node: torch.fx.Node) -> bool:
+    return node.kwargs.get("memory_format") in (None, torch.contiguous_format,
+                                                torch.preserve_format)
 
-POINTWISE: dict[str, Rule] = {
-    "add.Tensor": Rule(2, "oo", _alpha("+")), "add.Scalar": Rule(2, "oo", _alpha("+")),
-    "sub.Tensor": Rule(2, "oo", _alpha("-")), "sub.Scalar": Rule(2, "oo", _alpha("-")),
-    "rsub.Tensor": Rule(2, "oo", _alpha("-", swap=True)),
-    "rsub.Scalar": Rule(2, "oo", _alpha("-", swap=True)),
-    "mul.Tensor": Rule(2, "oo", _f("({0} * {1})")), "mul.Scalar": Rule(2, "oo", _f("({0} * {1})")),
-    "div.Tensor": Rule(2, "oo", _f("({0} / {1})")), "div.Scalar": Rule(2, "oo", _f("({0} / {1})")),
-    "neg.default": Rule(1, "o", _f("(-{0})")),
-    "abs.default": Rule(1, "o", _f("tl.abs({0})")),
-    "reciprocal.default": Rule(1, "o", _f("(1.0 / {0})")),
-    "exp.default": Rule(1, "o", _f("tl.exp({0})")),
-    "exp2.default": Rule(1, "o", _f("tl.exp2({0})")),
-    "log.default": Rule(1, "o", _f("tl.log({0})")),
-    "log2.default": Rule(1, "o", _f("tl.log2({0})")),
-    "sqrt.default": Rule(1, "o", _f("tl.sqrt({0})")),
-    "rsqrt.default": Rule(1, "o", _f("tl.rsqrt({0})")),
-    "sin.default": Rule(1, "o", _f("tl.sin({0})")),
-    "cos.default": Rule(1, "o", _f("tl.cos({0})")),
-    "erf.default": Rule(1, "o", _f("tl.erf({0})")),
-    "tanh.default": Rule(1, "o", _f("_tanh({0})"), helpers=("_tanh",)),
-    "sigmoid.default": Rule(1, "o", _f("(1.0 / (1.0 + tl.exp(-{0})))")),
-    "floor.default": Rule(1, "o", _f("tl.floor({0})"), check=_float_in),
-    "ceil.default": Rule(1, "o", _f("tl.ceil({0})"), check=_float_in),
-    # NaN must propagate: `x < 0` is False for NaN, so NaN passes through.
-    "relu.default": Rule(1, "o", _f("tl.where({0} < 0, 0.0, {0})"), check=_float_in),
-    "sign.default": Rule(1, "o", _f("tl.where({0} > 0, 1.0, tl.where({0} < 0, -1.0, {0}))"),
-                         check=_float_in),
-    "maximum.default": Rule(2, "oo", _f("tl.maximum({0}, {1}, "
-                                        "propagate_nan=tl.PropagateNan.ALL)")),
-    "minimum.default": Rule(2, "oo", _f("tl.minimum({0}, {1}, "
-                                        "propagate_nan=tl.PropagateNan.ALL)")),
-    "clamp_min.default": Rule(2, "oo", _f("tl.where({0} < {1}, {1}, {0})")),
-    "clamp_max.default": Rule(2, "oo", _f("tl.where({0} > {1}, {1}, {0})")),
-    "clamp.default": Rule(1, "o", _clamp, attrs=("min", "max"),
-                          check=lambda n: _float_in(n) and all(
-                              isinstance(v, (int, float, type(None))) for v in n.args[1:])),
-    "pow.Tensor_Scalar": Rule(1, "o", _pow, attrs=("exponent",), check=_pow_ok),
-    "where.self": Rule(3, "boo", _f("tl.where({0}, {1}, {2})")),
-    "logical_not.default": Rule(1, "b", _f("({0} == 0)")),
-    "logical_and.default": Rule(2, "bb", _f("({0} & {1})")),
-    "logical_or.default": Rule(2, "bb", _f("({0} | {1})")),
-    "bitwise_and.Tensor": Rule(2, "bb", _f("({0} & {1})"), check=_bool_out),
-    "bitwise_or.Tensor": Rule(2, "bb", _f("({0} | {1})"), check=_bool_out),
-    "__and__.Tensor": Rule(2, "bb", _f("({0} & {1})"), check=_bool_out),
-    "__or__.Tensor": Rule(2, "bb", _f("({0} | {1})"), check=_bool_out),
-    "bitwise_not.default": Rule(1, "b", _f("({0} == 0)"), check=_bool_out),
-    "isnan.default": Rule(1, "r", _f("({0} != {0})")),
-    "_to_copy.default": _CAST,
-    "clone.default": Rule(1, "r", _f("{0}"),
-                          check=lambda n: n.kwargs.get("memory_format") in
-                          (None, torch.contiguous_format, torch.preserve_format)),
-    "lift_fresh_copy.default": _IDENTITY,
-}
-for _name, _op in _CMP.items():
-    POINTWISE[f"{_name}.Tensor"] = Rule(2, "pp", _f(f"({{0}} {_op} {{1}})"))
-    POINTWISE[f"{_name}.Scalar"] = Rule(2, "pp", _f(f"({{0}} {_op} {{1}})"))
 
+def _scalar_bounds(node: torch.fx.Node) -> bool:
+    return _float_in(node) and all(isinstance(v, (int, float, type(None))) for v in node.args[1:])
+
+
+# The emitters and checks op-table entries name (``Pointwise.emitter`` / ``Pointwise.check``).
+EMITTERS = {"pow": _pow, "clamp": _clamp}
+CHECKS = {"float_in": _float_in, "bool_out": _bool_out, "same_device_cast": _to_copy_ok,
+          "pow_exponent": _pow_ok, "float_in_scalar_bounds": _scalar_bounds,
+          "keeps_layout": _keeps_layout}
+
+
+def _template(expr: str, alpha: int | None) -> Callable[[list, dict], str]:
+    if alpha is None:
+        return _f(expr)
+
+    def emit(a, k):
+        scale = k.get("alpha", 1)
+        if scale != 1:
+            a = list(a)
+            a[alpha] = f"{a[alpha]} * {literal(scale, 'tl.float32')}"
+        return expr.format(*a)
+    return emit
+
+
+@cache
+def rule_of(spec: op_table.Pointwise) -> Rule:
+    """The :class:`Rule` an op-table entry's :class:`~graphopt.op_table.Pointwise` describes."""
+    if bool(spec.expr) == bool(spec.emitter):
+        raise ValueError(f"pointwise spec {spec}: give exactly one of expr and emitter")
+    emit = EMITTERS[spec.emitter] if spec.emitter else _template(spec.expr, spec.alpha)
+    return Rule(len(spec.types), spec.types, emit, tuple(spec.attrs), tuple(spec.calls),
+                CHECKS[spec.check] if spec.check else None)
+
+
+class _Fusible(Mapping):
+    """The table's fusible overloads of one kind, keyed by :func:`overload_key`; read live, so
+    an entry registered later is seen."""
+
+    def __init__(self, accept: Callable[[object], bool], convert: Callable = lambda s: s):
+        self._accept, self._convert = accept, convert
+
+    def __getitem__(self, key):
+        spec = op_table.fusion_spec(key) if isinstance(key, str) else None
+        if spec is None or not self._accept(spec):
+            raise KeyError(key)
+        return self._convert(spec)
+
+    def __iter__(self):
+        return (k for k in op_table.fusion_keys() if self._accept(op_table.fusion_spec(k)))
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+class _Keys(Set):
+    """The keys of a :class:`_Fusible` as a set (membership is all fusion asks of views)."""
+
+    def __init__(self, of: _Fusible):
+        self._of = of
+
+    def __contains__(self, key):
+        return key in self._of
+
+    def __iter__(self):
+        return iter(self._of)
+
+    def __len__(self):
+        return len(self._of)
+
+
+#: Pointwise overloads -> how code generation writes them (:class:`Rule`).
+POINTWISE: Mapping[str, Rule] = _Fusible(lambda s: isinstance(s, op_table.Pointwise), rule_of)
 # Broadcasts: the same element read at many indices.
-BROADCASTS = {"expand.default", "broadcast_to.default"}
+BROADCASTS = _Keys(_Fusible(lambda s: isinstance(s, op_table.Reindex) and s.broadcast))
 # Reshapes (the identity on a value's row-major linear index) and broadcasts: inside a kernel
 # both only change which element an index reads, so they compute nothing.
-VIEWS = {"view.default", "_unsafe_view.default", "reshape.default", "squeeze.default",
-         "squeeze.dim", "squeeze.dims", "unsqueeze.default", "flatten.using_ints",
-         "unflatten.int", "alias.default", "detach.default"} | BROADCASTS
-
-
-@dataclass(frozen=True)
-class Reduction:
-    """A reduction ATen overload: which Triton combine it is and where its dims are."""
-
-    combine: str        # "sum" | "max" | "min"
-    dims_arg: int | None  # positional index of the dim list (None: all dims)
-    keepdim_arg: int | None
-
-
+VIEWS = _Keys(_Fusible(lambda s: isinstance(s, op_table.Reindex)))
+#: Reduction overloads -> :class:`Reduction` (combine and dim arguments).
+REDUCTIONS: Mapping[str, Reduction] = _Fusible(lambda s: isinstance(s, op_table.Reduce))
 # Creation ops that fill a tensor with one Python scalar: inside a kernel they are a literal.
 # Maps the overload to the positional index of the value.
-CONSTANTS = {"scalar_tensor.default": 0, "full.default": 1}
+CONSTANTS: Mapping[str, int] = _Fusible(lambda s: isinstance(s, op_table.Constant),
+                                        lambda s: s.value_arg)
 
 
 def constant_value(node: torch.fx.Node):
     """The scalar a CONSTANTS node fills its tensor with."""
     idx = CONSTANTS[overload_key(node.target)]
     return node.args[idx] if len(node.args) > idx else node.kwargs.get("fill_value")
-
-
-REDUCTIONS = {"sum.dim_IntList": Reduction("sum", 1, 2),
-              "sum.default": Reduction("sum", None, None),
-              "amax.default": Reduction("max", 1, 2), "amin.default": Reduction("min", 1, 2)}
-
-
-def overload_key(target) -> str:
-    """``aten.add.Tensor`` -> ``"add.Tensor"``; non-ATen targets give ``""``."""
-    if isinstance(target, torch._ops.OpOverload) and target.namespace == "aten":
-        return f"{target._opname}.{target._overloadname}"
-    return ""
 
 
 def static_meta(node: torch.fx.Node) -> torch.Tensor | None:
@@ -300,8 +283,7 @@ def not_fusible_reason(node: torch.fx.Node) -> str | None:
     if node.op != "call_function":
         return "not_an_op"
     key = overload_key(node.target)
-    if key not in POINTWISE and key not in VIEWS and key not in REDUCTIONS \
-            and key not in CONSTANTS:
+    if op_table.fusion_spec(key) is None:
         return "no_rule"
     val = node.meta.get("val")
     if not isinstance(val, torch.Tensor):
@@ -368,15 +350,9 @@ def fusion_kind(node: torch.fx.Node) -> str:
         return FusionKind.INPUT
     if node.op != "call_function":
         return FusionKind.OPAQUE
-    key = overload_key(node.target)
-    if key in REDUCTIONS:
-        return FusionKind.REDUCTION
-    if key in BROADCASTS:
-        return FusionKind.BROADCAST
-    if key in VIEWS:
-        return FusionKind.VIEW
-    if key in POINTWISE or key in CONSTANTS:
-        return FusionKind.POINTWISE
+    spec = op_table.fusion_spec(node.target)
+    if spec is not None:
+        return spec.kind
     if not isinstance(node.target, torch._ops.OpOverload):
         return FusionKind.INJECTIVE if getattr(node.target, "__name__", "") == "getitem" \
             else FusionKind.OPAQUE

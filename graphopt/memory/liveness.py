@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.fx
 
-from graphopt.cost import OpClass, op_class, tensor_bytes
+from graphopt import op_table
+from graphopt.cost import tensor_bytes
 
 __all__ = ["Buffer", "Liveness", "analyze", "storage_roots"]
 
@@ -38,7 +39,7 @@ class Buffer:
     start: int
     end: int
 
-    def overlaps(self, other: "Buffer") -> bool:
+    def overlaps(self, other: Buffer) -> bool:
         return self.start <= other.end and other.start <= self.end
 
 
@@ -93,7 +94,7 @@ def _aliases_input(node: torch.fx.Node) -> bool:
         parent = node.args[0]
         return isinstance(parent, torch.fx.Node) and _aliases_input(parent)
     if isinstance(node.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
-        return op_class(node.target) == OpClass.VIEW or _is_mutating(node)
+        return op_table.aliases(node.target) or _is_mutating(node)
     return False
 
 

@@ -42,6 +42,11 @@ def memory_report(*, model: str, train: bool, baseline: Liveness, plan: Liveness
     """
     saved_base = remat.baseline_saved_bytes if remat else 0
     saved_plan = remat.saved_bytes if remat else 0
+    notes = list(notes or [])
+    asked = getattr(remat, "requested_budget_bytes", None)
+    if asked is not None:
+        notes.append(f"the budget asked for ({asked:,} bytes) is below the feasible minimum: "
+                     f"budget_bytes is the held peak of the tightest plan")
     data = {
         "schema": SCHEMA,
         "model": model,
@@ -60,7 +65,7 @@ def memory_report(*, model: str, train: bool, baseline: Liveness, plan: Liveness
                   "alignment": arena.alignment},
         "budget": {"requested": budget, "accounting": BUDGET_ACCOUNTING},
         "solver": remat.solver if remat else None,
-        "notes": list(notes or []),
+        "notes": notes,
     }
     return data
 

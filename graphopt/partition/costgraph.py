@@ -53,6 +53,8 @@ class CostGraph:
         is_compute: nodes that do work (call_function nodes that are not views).
         act_bytes: bytes a node allocates for its output (0 for views, inputs and parameters).
         src, dst: edge arrays, deduplicated, ``src < dst``.
+        launch_seconds: the fixed cost each compute node's ``seconds`` includes (kernel launch
+            or eager dispatch); ``seconds - launch_seconds`` is the node's work.
 
     Example:
         >>> cg = CostGraph.from_graph(graphopt.capture(model, (x,)))
@@ -72,6 +74,7 @@ class CostGraph:
     targets: list[str] | None = None
     name: str = "graph"
     output_nodes: list[int] = field(default_factory=list)
+    launch_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.names)
@@ -119,7 +122,8 @@ class CostGraph:
                    act_bytes=[i.out_bytes if c else 0 for i, c in zip(infos, compute)],
                    src=src, dst=dst, ops=[i.op for i in infos],
                    targets=[i.target for i in infos], name=graph.name,
-                   output_nodes=[index[o] for o in graph.output_names() if o in index])
+                   output_nodes=[index[o] for o in graph.output_names() if o in index],
+                   launch_seconds=float(dev.launch_seconds))
 
     # -- structure -----------------------------------------------------------------------------
     def succs(self, v: int) -> np.ndarray:
@@ -127,6 +131,12 @@ class CostGraph:
 
     def preds(self, v: int) -> np.ndarray:
         return self.pred_idx[self.pred_ptr[v]:self.pred_ptr[v + 1]]
+
+    @property
+    def work_seconds(self) -> np.ndarray:
+        """Per-node time without the fixed per-kernel cost: what the plan cannot amortize."""
+        return np.maximum(self.seconds - np.where(self.seconds > 0, self.launch_seconds, 0.0),
+                          0.0)
 
     @property
     def total_flops(self) -> int:
@@ -142,12 +152,22 @@ class CostGraph:
         return int(self.is_compute.sum())
 
     def param_parts(self, part: np.ndarray, k: int) -> np.ndarray:
-        """Give each parameter the lowest part among its consumers (0 when unused)."""
+        """Give each parameter the lowest part among the compute nodes it feeds, directly or
+        through constants (a RoPE table made from ``inv_freq``, a mask from ``arange``); 0 when
+        it feeds none. Whatever ``part`` holds for parameters is ignored (a partitioner may
+        leave them at -1), so every node ends with a part in ``0..k-1``."""
         part = np.array(part, dtype=np.int64)
         params = np.flatnonzero(self.is_param)
-        if len(params):
-            low = segment_reduce(np.minimum, part[self.succ_idx], self.succ_ptr, k)
-            part[params] = np.where(low[params] < k, low[params], 0)
+        if not len(params):
+            return part
+        part[params] = k                       # unresolved: ignored by the minimum below
+        low = segment_reduce(np.minimum, part[self.succ_idx], self.succ_ptr, k)
+        part[params] = low[params]
+        # a parameter feeding constants takes theirs: settle those chains consumers first
+        chained = np.unique(self.src[self.is_param[self.src] & self.is_param[self.dst]])
+        for p in chained[::-1].tolist():
+            part[p] = min(int(part[p]), int(part[self.succs(p)].min()))
+        part[params] = np.where(part[params] < k, part[params], 0)
         return part
 
     @classmethod

@@ -13,16 +13,19 @@ Definitions (the contract's, see ``partition.json``):
 
 Stage time under the alpha-beta model: a stage's compute (roofline seconds over its speed) plus
 receiving each tensor it consumes from another stage once (``alpha + bytes / beta``); sends are
-asynchronous and overlap the sender's next micro-batch. A pipeline of ``p`` stages runs ``m``
-micro-batches in ``(m + p - 1)`` slots of the slowest stage, so the bubble is
-``(p - 1) / (m + p - 1)`` for GPipe and 1F1B alike; they differ in memory: GPipe keeps every
-micro-batch's activations until the backward pass, 1F1B at most ``p - s`` on stage ``s``.
+asynchronous and overlap the sender's next micro-batch. A stage's *work* leaves out the fixed
+costs (each kernel's launch, each message's ``alpha``): roofline compute plus ``bytes / beta``,
+the part of its time that grows with the model and that no launch strategy removes. A
+pipeline of ``p`` stages runs ``m`` micro-batches in ``(m + p - 1)`` slots of the slowest
+stage, so the bubble is ``(p - 1) / (m + p - 1)`` for GPipe and 1F1B alike; they differ in
+memory: GPipe keeps every micro-batch's activations until the backward pass, 1F1B at most
+``p - s`` on stage ``s``.
 
 All functions are O(V + E log E) numpy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -95,10 +98,15 @@ class Metrics:
     recv_bytes: list[int]
     recv_messages: list[int]
     stage_seconds: list[float]       # compute + receives: one micro-batch through the stage
+    work_seconds: list[float] = field(default_factory=list)   # the same without fixed costs
 
     @property
     def bottleneck_seconds(self) -> float:
         return max(self.stage_seconds) if self.stage_seconds else 0.0
+
+    @property
+    def bottleneck_work(self) -> float:
+        return max(self.work_seconds) if self.work_seconds else 0.0
 
     def to_dict(self) -> dict:
         return {"comm_bytes": self.comm_bytes, "imbalance": self.imbalance,
@@ -107,7 +115,8 @@ class Metrics:
                 "part_act_bytes": self.part_act_bytes, "part_seconds": self.part_seconds,
                 "recv_bytes": self.recv_bytes, "recv_messages": self.recv_messages,
                 "stage_seconds": self.stage_seconds,
-                "bottleneck_seconds": self.bottleneck_seconds}
+                "bottleneck_seconds": self.bottleneck_seconds, "work_seconds": self.work_seconds,
+                "bottleneck_work_seconds": self.bottleneck_work}
 
 
 def compute_metrics(cg: CostGraph, part: np.ndarray, k: int, *, alpha: float = 0.0,
@@ -129,6 +138,7 @@ def compute_metrics(cg: CostGraph, part: np.ndarray, k: int, *, alpha: float = 0
     imbalance = float(flops.max() / (total / k) - 1.0) if total > 0 else 0.0
     sp = np.asarray(speeds if speeds is not None else [1.0] * k, dtype=np.float64)
     secs = np.bincount(part[moving], weights=cg.seconds[moving], minlength=k) / sp
+    work = np.bincount(part[moving], weights=cg.work_seconds[moving], minlength=k) / sp
     acts = np.bincount(part[moving], weights=cg.act_bytes[moving], minlength=k)
     pm = cg.is_param[cg.src]
     pkey = np.unique(cg.src[pm] * k + part[cg.dst[pm]])
@@ -143,7 +153,8 @@ def compute_metrics(cg: CostGraph, part: np.ndarray, k: int, *, alpha: float = 0
                    part_seconds=[float(x) for x in secs],
                    recv_bytes=[int(x) for x in recv_bytes],
                    recv_messages=[int(x) for x in recv_msgs],
-                   stage_seconds=[float(x) for x in secs + comm_s])
+                   stage_seconds=[float(x) for x in secs + comm_s],
+                   work_seconds=[float(x) for x in work + recv_bytes / beta])
 
 
 def pipeline_estimate(metrics: Metrics, microbatches: int) -> dict:

@@ -22,11 +22,15 @@ import numpy as np
 from graphopt.errors import PlanError
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.metrics import Metrics, compute_metrics, pipeline_estimate
+from graphopt.partition.search import MODES
 
-__all__ = ["Partition", "SCHEMA"]
+__all__ = ["Partition", "SCHEMA", "NODE_FIELDS"]
 
 SCHEMA = "graphopt.partition/1"
-_MODES = ("pipeline", "cut")
+# a node record's fields, in the order partition.json writes them (the contract's, then
+# ``seconds``: roofline time, and ``compute``: whether the node does work)
+NODE_FIELDS = ("name", "op", "target", "part", "flops", "out_bytes", "is_param", "seconds",
+               "compute")
 
 
 def _is_int(x) -> bool:
@@ -70,8 +74,8 @@ class Partition:
     @classmethod
     def from_search(cls, cg: CostGraph, result, *, model: str, options) -> "Partition":
         """Wrap a :class:`~graphopt.partition.search.SearchResult` for ``cg``."""
-        from graphopt.partition.search import default_link, ordered_parts
         from graphopt.cost import get_link
+        from graphopt.partition.search import default_link, ordered_parts
         part = result.best.part
         if options.mode == "cut" and len(set(options.speeds or [1.0])) == 1:
             part = ordered_parts(cg, part, options.k)  # parts are interchangeable: name in order
@@ -80,10 +84,11 @@ class Partition:
         opts = options.to_dict()
         opts.update({"link": link_key, "link_name": link.name, "alpha": link.alpha,
                      "beta": link.beta,
-                     "imbalance_used": result.eps_used,
+                     "imbalance_used": result.eps_used, "launch_seconds": cg.launch_seconds,
                      "speeds": [float(s) for s in result.budget.speeds]})
         plan = cls(model=model, k=options.k, mode=options.mode, cost_graph=cg, part=part,
-                   method=result.best.method, options=opts, notes=result.notes,
+                   method=result.best.method, options=opts,
+                   notes=list(result.notes) + list(result.choice),
                    baselines={n: c.row() for n, c in result.baselines.items()},
                    candidates=[c.row() for c in result.candidates], seconds=result.seconds)
         for name, c in result.baselines.items():
@@ -97,28 +102,45 @@ class Partition:
 
     @property
     def nodes(self) -> list[dict]:
-        """One dict per node (built on first use for plans made by the search)."""
+        """One dict per node (for plans made by the search, read back from the one writer of
+        node records, :meth:`_node_lines`)."""
         if self._nodes is None:
-            cg, part = self._cg, self._part
-            ops = cg.ops or ["call_function"] * cg.n
-            targets = cg.targets or [""] * cg.n
-            self._nodes = [
-                {"name": name, "op": op, "target": tg, "part": p, "flops": f, "out_bytes": b,
-                 "is_param": ip, "seconds": sec, "compute": c}
-                for name, op, tg, p, f, b, ip, sec, c in zip(
-                    cg.names, ops, targets, part.tolist(), cg.flops.tolist(),
-                    cg.out_bytes.tolist(), cg.is_param.tolist(), cg.seconds.tolist(),
-                    cg.is_compute.tolist())]
+            self._nodes = json.loads("[" + ",".join(self._node_lines()) + "]")
         return self._nodes
 
     @property
     def edges(self) -> list[dict]:
         if self._edges is None:
-            cg = self._cg
-            names, nb = cg.names, cg.out_bytes.tolist()
-            self._edges = [{"src": names[s], "dst": names[d], "bytes": nb[s]}
-                           for s, d in zip(cg.src.tolist(), cg.dst.tolist())]
+            self._edges = json.loads("[" + ",".join(self._edge_lines()) + "]")
         return self._edges
+
+    def _node_lines(self) -> list[str]:
+        """Every node record as a JSON object, fields in :data:`NODE_FIELDS` order: the only
+        place a node record is written. Plans from the search format the columns of their cost
+        graph directly (no dict per node: fast for 10^6 nodes)."""
+        if self._nodes is not None:
+            return [json.dumps(n, default=_json_default) for n in self._nodes]
+        cg = self._cg
+        memo: dict[str, str] = {}
+        quoted = lambda x: memo.get(x) or memo.setdefault(x, _quote(x))  # noqa: E731
+        columns = (map(_quote, cg.names), map(quoted, cg.ops or ["call_function"] * cg.n),
+                   map(quoted, cg.targets or [""] * cg.n), self._part.tolist(),
+                   cg.flops.tolist(), cg.out_bytes.tolist(),
+                   ("true" if x else "false" for x in cg.is_param.tolist()),
+                   map(repr, cg.seconds.tolist()),
+                   ("true" if x else "false" for x in cg.is_compute.tolist()))
+        head = [f'"{f}": ' for f in NODE_FIELDS]
+        return ["{" + ", ".join(h + str(v) for h, v in zip(head, row)) + "}"
+                for row in zip(*columns)]
+
+    def _edge_lines(self) -> list[str]:
+        if self._edges is not None:
+            return [json.dumps(e, default=_json_default) for e in self._edges]
+        cg = self._cg
+        qn = [_quote(n) for n in cg.names]
+        nb = cg.out_bytes.tolist()
+        return [f'{{"src": {qn[a]}, "dst": {qn[b]}, "bytes": {nb[a]}}}'
+                for a, b in zip(cg.src.tolist(), cg.dst.tolist())]
 
     @property
     def parts(self) -> dict[str, int]:
@@ -146,7 +168,8 @@ class Partition:
                 act_bytes=[n["out_bytes"] if n.get("compute", not n["is_param"]) else 0
                            for n in self.nodes],
                 src=src, dst=dst, ops=[n.get("op", "") for n in self.nodes],
-                targets=[n.get("target", "") for n in self.nodes], name=self.model)
+                targets=[n.get("target", "") for n in self.nodes], name=self.model,
+                launch_seconds=float(self.options.get("launch_seconds", 0.0)))
         return self._cg
 
     def part_array(self) -> np.ndarray:
@@ -182,15 +205,12 @@ class Partition:
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        m = self.metrics()
-        return {"schema": SCHEMA, "model": self.model, "k": self.k, "mode": self.mode,
-                "method": self.method, "options": self.options, "notes": self.notes,
-                "splits": self.splits, "nodes": self.nodes, "edges": self.edges, "summary": self.summary(m),
-                "estimate": self.estimate(m), "baselines": self.baselines,
-                "candidates": self.candidates}
+        """The ``partition.json`` document as Python objects (parsed from :meth:`to_json`, so
+        there is one writer)."""
+        return json.loads(self.to_json())
 
     def to_json(self) -> str:
-        """The document, one node or edge per line (fast for 10^6 edges: no dict per edge)."""
+        """The document, one node or edge per line."""
         m = self.metrics()
         head = {"schema": SCHEMA, "model": self.model, "k": self.k, "mode": self.mode,
                 "method": self.method, "options": self.options, "notes": self.notes,
@@ -198,30 +218,9 @@ class Partition:
         tail = {"summary": self.summary(m), "estimate": self.estimate(m),
                 "baselines": self.baselines, "candidates": self.candidates}
         dump = lambda x: json.dumps(x, default=_json_default)  # noqa: E731
-        if self._nodes is None:
-            cg = self._cg
-            qn = [_quote(n) for n in cg.names]
-            memo: dict[str, str] = {}
-            ops = [memo.get(x) or memo.setdefault(x, _quote(x))
-                   for x in (cg.ops or ["call_function"] * cg.n)]
-            targets = [memo.get(x) or memo.setdefault(x, _quote(x))
-                       for x in (cg.targets or [""] * cg.n)]
-            nodes = [f'{{"name": {n}, "op": {op}, "target": {tg}, "part": {p}, '
-                     f'"flops": {f}, "out_bytes": {b}, "is_param": {"true" if ip else "false"}, '
-                     f'"seconds": {sec!r}, "compute": {"true" if c else "false"}}}'
-                     for n, op, tg, p, f, b, ip, sec, c in zip(
-                         qn, ops, targets, self._part.tolist(), cg.flops.tolist(),
-                         cg.out_bytes.tolist(), cg.is_param.tolist(), cg.seconds.tolist(),
-                         cg.is_compute.tolist())]
-            nb = cg.out_bytes.tolist()
-            edges = [f'{{"src": {qn[a]}, "dst": {qn[b]}, "bytes": {nb[a]}}}'
-                     for a, b in zip(cg.src.tolist(), cg.dst.tolist())]
-        else:
-            nodes = [dump(n) for n in self.nodes]
-            edges = [dump(e) for e in self.edges]
         parts = ["{"] + [f" {dump(key)}: {dump(val)}," for key, val in head.items()]
-        parts += [' "nodes": [', ",\n".join("  " + n for n in nodes), " ],"]
-        parts += [' "edges": [', ",\n".join("  " + e for e in edges), " ],"]
+        parts += [' "nodes": [', ",\n".join("  " + n for n in self._node_lines()), " ],"]
+        parts += [' "edges": [', ",\n".join("  " + e for e in self._edge_lines()), " ],"]
         parts += [",\n".join(f" {dump(key)}: {dump(val)}" for key, val in tail.items()), "}"]
         return "\n".join(parts) + "\n"
 
@@ -254,8 +253,8 @@ class Partition:
         if not _is_int(k) or k < 1:
             raise PlanError(f"{source}: k must be a positive integer, got {k!r}")
         mode = data.get("mode")
-        if mode not in _MODES:
-            raise PlanError(f"{source}: mode must be one of {', '.join(_MODES)}, got {mode!r}")
+        if mode not in MODES:
+            raise PlanError(f"{source}: mode must be one of {', '.join(MODES)}, got {mode!r}")
         nodes, edges = data.get("nodes"), data.get("edges")
         if not isinstance(nodes, list) or not nodes:
             raise PlanError(f"{source}: 'nodes' must be a non-empty list")
@@ -283,7 +282,7 @@ class Partition:
     # -- graph side ------------------------------------------------------------------------------
     def check_graph(self, graph) -> None:
         """Raise PlanError unless the plan names exactly the graph's nodes."""
-        have = {n["name"] for n in self.nodes}
+        have = set(self._cg.names) if self._nodes is None else {n["name"] for n in self.nodes}
         want = set(graph.info)
         if have != want:
             missing, extra = sorted(want - have), sorted(have - want)

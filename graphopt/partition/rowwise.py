@@ -9,33 +9,56 @@ broadcast bias), and :func:`label_region` propagates one anchor's row dimension 
 nodes in both directions. Any op without a rule, any conflict, and any node producing a tuple
 ends the region: what this module accepts is exact, never a guess.
 
+The rules are written here once per kind (``ROW_RULES``: pointwise, reshape, matmul, reduction,
+...); which kind an op follows, and with which argument positions, is its entry in
+:mod:`graphopt.op_table` (``Op.rows``).
+
 Needs: ``meta['val']`` (fake or real tensors) on every node. Used by ``split_ops``.
 """
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass, field
 from math import prod
 
 import torch
 import torch.fx
 
-__all__ = ["row_args", "label_region", "Region", "SHAPE_ARG"]
+from graphopt import op_table
 
-aten = torch.ops.aten
+__all__ = ["row_args", "label_region", "Region", "SHAPE_ARG", "ROW_RULES"]
 
-# ops whose size argument (position 1) names the output shape: a block rewrites its row entry
-SHAPE_ARG = {aten.view.default, aten._unsafe_view.default, aten.reshape.default,
-             aten.expand.default}
-_SAME_ORDER = {aten.view.default, aten._unsafe_view.default, aten.reshape.default,
-               aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default,
-               aten.flatten.using_ints, aten.unflatten.int}
-_IDENTITY_LIKE = {aten.clone.default, aten.dropout.default, aten._to_copy.default,
-                  aten.alias.default, aten.detach.default, aten.contiguous.default,
-                  aten.lift_fresh_copy.default}
-_NORMS = {aten.layer_norm.default: 1, aten.rms_norm.default: 1}
-_SOFTMAX = {aten._softmax.default, aten.softmax.int, aten._log_softmax.default,
-            aten.log_softmax.int}
-_REDUCE = {aten.sum.dim_IntList, aten.mean.dim, aten.amax.default, aten.amin.default}
+
+class _ShapeArgOps(Set):
+    """Overloads whose argument 1 names the output shape (their row rule says
+    ``out_shape_arg=1``): a block rewrites its row entry. Read from the op table live."""
+
+    def __contains__(self, target):
+        rule = op_table.row_rule(target)
+        return rule is not None and rule.get("out_shape_arg") == 1
+
+    def __iter__(self):
+        for op in op_table.entries():
+            for overload, rule in op.rows.items():
+                target = _resolve(op.name, overload)
+                if rule.get("out_shape_arg") == 1 and target is not None:
+                    yield target
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+def _resolve(name: str, overload: str):
+    ns, _, packet = name.rpartition("::")
+    try:
+        return getattr(getattr(getattr(torch.ops, ns or "aten"), packet), overload)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+SHAPE_ARG = _ShapeArgOps()
+# Rule kinds that decide for themselves whether a call draws random numbers.
+_CHECKS_RANDOMNESS = {"dropout", "attention"}
 
 
 def _val(a):
@@ -79,9 +102,150 @@ def _norm_dim(dim: int, n: int) -> int:
     return dim + n if dim < 0 else dim
 
 
+# --------------------------------------------------------------------------------------------
+# Row rules, by the kind an op-table entry names (``Op.rows``). Each maps the output's row dim
+# ``d`` to ``{argument index: row dim or None}``, or None when the op is not row-wise along d.
+# ``x`` is the value of the first argument (a tensor for every kind but the pointwise ones).
+# --------------------------------------------------------------------------------------------
+def _rows_pointwise(node, out, x, d):
+    return _broadcast(node, out, d)
+
+
+def _rows_dropout(node, out, x, d, p_arg, train_arg):
+    args = node.args
+    if len(args) > max(p_arg, train_arg) and args[train_arg] and args[p_arg]:
+        return None     # training dropout draws random numbers
+    return _broadcast(node, out, d)
+
+
+def _rows_same_order(node, out, x, d, out_shape_arg=None):
+    j = _same_order(x, out, d)
+    return None if j is None else {0: j}
+
+
+def _rows_expand(node, out, x, d, out_shape_arg):
+    pos = d - (out.dim() - x.dim())
+    if pos < 0 or x.shape[pos] == 1:
+        return None     # the rows are made by the expand: nothing upstream carries them
+    return {0: pos} if x.shape[pos] == out.shape[d] else None
+
+
+def _rows_permute(node, out, x, d, dims_arg):
+    return {0: _norm_dim(list(node.args[dims_arg])[d], out.dim())}
+
+
+def _rows_transpose(node, out, x, d, dim_args):
+    a, b = (_norm_dim(node.args[i], out.dim()) for i in dim_args)
+    return {0: b if d == a else a if d == b else d}
+
+
+def _rows_t(node, out, x, d):
+    return {0: 1 - d} if out.dim() == 2 else {0: d}
+
+
+def _rows_along_dim(node, out, x, d, dim_arg, default):
+    """Ops that work along one dim (softmax over it, a slice of it): other dims pass through."""
+    args = node.args
+    dim = _norm_dim(args[dim_arg] if len(args) > dim_arg else default, x.dim())
+    return None if dim == d else {0: d}
+
+
+def _rows_select(node, out, x, d, dim_arg):
+    dim = _norm_dim(node.args[dim_arg], x.dim())
+    return {0: d if d < dim else d + 1}
+
+
+def _rows_mm(node, out, x, d):
+    return {0: 0, 1: None} if d == 0 else None
+
+
+def _rows_addmm(node, out, x, d):
+    bias = x
+    if d != 0:
+        return None
+    return {0: 0 if bias.dim() == 2 and bias.shape[0] == out.shape[0] and
+            out.shape[0] > 1 else None, 1: 0, 2: None}
+
+
+def _rows_leading(node, out, x, d, trailing=None, trailing_shape_arg=None):
+    """Rows on any dim but the last few (a norm's normalised shape, linear's features); the
+    other tensor arguments (weights, biases) are used whole."""
+    n = trailing if trailing is not None else len(list(node.args[trailing_shape_arg]))
+    if d >= x.dim() - n:
+        return None
+    return {i: (d if i == 0 else None) for i, _ in _tensor_args(node)}
+
+
+def _rows_batched_matmul(node, out, x, d):
+    w = _val(node.args[1])
+    if not isinstance(w, torch.Tensor) or x.dim() < 2 or d == out.dim() - 1:
+        return None
+    xpos = d - (out.dim() - x.dim())
+    wpos = d - (out.dim() - w.dim())
+    if d == out.dim() - 2:
+        return {0: x.dim() - 2, 1: None}
+    res = {0: xpos if xpos >= 0 and x.shape[xpos] != 1 else None}
+    res[1] = wpos if 0 <= wpos < w.dim() - 2 and w.shape[wpos] != 1 else None
+    return res if res[0] is not None else None
+
+
+def _rows_reduce(node, out, x, d, dims_arg, keepdim_arg):
+    args = node.args
+    dims = args[dims_arg] if len(args) > dims_arg else None
+    if dims is None or len(list(dims)) == 0:
+        return None
+    dims = sorted(_norm_dim(int(v), x.dim()) for v in dims)
+    keep = bool(args[keepdim_arg]) if len(args) > keepdim_arg else \
+        bool(node.kwargs.get("keepdim", False))
+    if keep:
+        j = d
+    else:
+        rest = [j for j in range(x.dim()) if j not in dims]
+        j = rest[d] if d < len(rest) else None
+    return None if j is None or j in dims else {0: j}
+
+
+def _rows_attention(node, out, x, d):
+    args = node.args
+    if d != out.dim() - 2 or node.kwargs.get("is_causal") or \
+            (len(args) > 5 and args[5]) or node.kwargs.get("enable_gqa") or \
+            (len(args) > 4 and args[4]) or node.kwargs.get("dropout_p"):
+        return None   # a causal mask is anchored at query 0: slicing queries would move it
+    res = {0: x.dim() - 2, 1: None, 2: None}
+    mask = args[3] if len(args) > 3 else None
+    if isinstance(mask, torch.fx.Node):
+        mv = _val(mask)
+        pos = d - (out.dim() - mv.dim())
+        res[3] = pos if pos >= 0 and mv.shape[pos] == out.shape[d] and \
+            out.shape[d] > 1 else None
+    elif "attn_mask" in node.kwargs and node.kwargs["attn_mask"] is not None:
+        return None
+    return res
+
+
+def _rows_embedding(node, out, x, d):
+    return {0: None, 1: d} if d < out.dim() - 1 else None
+
+
+ROW_RULES = {"pointwise": _rows_pointwise, "dropout": _rows_dropout,
+             "same_order": _rows_same_order, "expand": _rows_expand,
+             "permute": _rows_permute, "transpose": _rows_transpose, "t": _rows_t,
+             "along_dim": _rows_along_dim, "select": _rows_select, "mm": _rows_mm,
+             "addmm": _rows_addmm, "leading": _rows_leading,
+             "batched_matmul": _rows_batched_matmul, "reduce": _rows_reduce,
+             "attention": _rows_attention, "embedding": _rows_embedding}
+# Kinds that read no tensor from the first argument: broadcasting handles scalars.
+_POINTWISE_KINDS = {"pointwise", "dropout"}
+_POINTWISE_RULE = op_table.rows("pointwise")
+
+
 def row_args(node: torch.fx.Node, d: int) -> dict[int, int | None] | None:
     """For an output whose rows lie on dim ``d``: ``{argument index: row dim or None}``, or
     ``None`` when the op is not row-wise along ``d``.
+
+    The rule is the op table's (``Op.rows``); an overload without one is row-wise only when
+    torch tags it pointwise. Random ops are refused (blocks would draw different numbers than
+    the whole op) unless their rule checks that the call draws nothing.
 
     Example:
         >>> row_args(addmm_node, 0)     # addmm(bias, x, w): rows of x, bias and w whole
@@ -90,100 +254,19 @@ def row_args(node: torch.fx.Node, d: int) -> dict[int, int | None] | None:
     out = _val(node)
     if node.op != "call_function" or not isinstance(out, torch.Tensor) or not 0 <= d < out.dim():
         return None
-    t, args = node.target, node.args
-    if t == aten.dropout.default:
-        if len(args) > 2 and args[2] and args[1]:
-            return None     # training dropout draws random numbers
-    elif t != aten.scaled_dot_product_attention.default and \
-            isinstance(t, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in t.tags:
-        return None     # random ops: blocks would draw different numbers than the whole op
-    x = _val(args[0]) if args else None
-    if t in _IDENTITY_LIKE or (isinstance(t, torch._ops.OpOverload) and
-                               torch.Tag.pointwise in t.tags):
-        return _broadcast(node, out, d)
-    if not isinstance(x, torch.Tensor) and t not in (aten.addmm.default,):
+    t = node.target
+    rule = op_table.row_rule(t)
+    if rule is None and isinstance(t, torch._ops.OpOverload) and torch.Tag.pointwise in t.tags:
+        rule = _POINTWISE_RULE
+    if op_table.effect(t) == op_table.Effect.RANDOM and \
+            (rule is None or rule.kind not in _CHECKS_RANDOMNESS):
         return None
-    if t in _SAME_ORDER:
-        j = _same_order(x, out, d)
-        return None if j is None else {0: j}
-    if t == aten.expand.default:
-        pos = d - (out.dim() - x.dim())
-        if pos < 0 or x.shape[pos] == 1:
-            return None     # the rows are made by the expand: nothing upstream carries them
-        return {0: pos} if x.shape[pos] == out.shape[d] else None
-    if t == aten.permute.default:
-        return {0: _norm_dim(list(args[1])[d], out.dim())}
-    if t == aten.transpose.int:
-        a, b = _norm_dim(args[1], out.dim()), _norm_dim(args[2], out.dim())
-        return {0: b if d == a else a if d == b else d}
-    if t == aten.t.default:
-        return {0: 1 - d} if out.dim() == 2 else {0: d}
-    if t in (aten.slice.Tensor, aten.select.int):
-        dim = _norm_dim(args[1] if len(args) > 1 else 0, x.dim())
-        if t == aten.select.int:
-            j = d if d < dim else d + 1
-            return {0: j}
-        return None if dim == d else {0: d}
-    if t == aten.mm.default:
-        return {0: 0, 1: None} if d == 0 else None
-    if t == aten.addmm.default:
-        bias = _val(args[0])
-        if d != 0 or not isinstance(bias, torch.Tensor):
-            return None
-        return {0: 0 if bias.dim() == 2 and bias.shape[0] == out.shape[0] and
-                out.shape[0] > 1 else None, 1: 0, 2: None}
-    if t == aten.linear.default:
-        if d >= out.dim() - 1:
-            return None
-        return {i: (d if i == 0 else None) for i, _ in _tensor_args(node)}
-    if t in (aten.bmm.default, aten.matmul.default):
-        w = _val(args[1])
-        if not isinstance(w, torch.Tensor) or x.dim() < 2 or d == out.dim() - 1:
-            return None
-        xpos = d - (out.dim() - x.dim())
-        wpos = d - (out.dim() - w.dim())
-        if d == out.dim() - 2:
-            return {0: x.dim() - 2, 1: None}
-        res = {0: xpos if xpos >= 0 and x.shape[xpos] != 1 else None}
-        res[1] = wpos if 0 <= wpos < w.dim() - 2 and w.shape[wpos] != 1 else None
-        return res if res[0] is not None else None
-    if t in _NORMS:
-        nd = len(list(args[_NORMS[t]]))
-        if d >= x.dim() - nd:
-            return None
-        return {i: (d if i == 0 else None) for i, _ in _tensor_args(node)}
-    if t in _SOFTMAX:
-        return None if _norm_dim(args[1], x.dim()) == d else {0: d}
-    if t in _REDUCE:
-        dims = args[1] if len(args) > 1 else None
-        if dims is None or len(list(dims)) == 0:
-            return None
-        dims = sorted(_norm_dim(int(v), x.dim()) for v in dims)
-        keep = bool(args[2]) if len(args) > 2 else bool(node.kwargs.get("keepdim", False))
-        if keep:
-            j = d
-        else:
-            rest = [j for j in range(x.dim()) if j not in dims]
-            j = rest[d] if d < len(rest) else None
-        return None if j is None or j in dims else {0: j}
-    if t == aten.scaled_dot_product_attention.default:
-        if d != out.dim() - 2 or node.kwargs.get("is_causal") or \
-                (len(args) > 5 and args[5]) or node.kwargs.get("enable_gqa") or \
-                (len(args) > 4 and args[4]) or node.kwargs.get("dropout_p"):
-            return None   # a causal mask is anchored at query 0: slicing queries would move it
-        res = {0: x.dim() - 2, 1: None, 2: None}
-        mask = args[3] if len(args) > 3 else None
-        if isinstance(mask, torch.fx.Node):
-            mv = _val(mask)
-            pos = d - (out.dim() - mv.dim())
-            res[3] = pos if pos >= 0 and mv.shape[pos] == out.shape[d] and \
-                out.shape[d] > 1 else None
-        elif "attn_mask" in node.kwargs and node.kwargs["attn_mask"] is not None:
-            return None
-        return res
-    if t == aten.embedding.default:
-        return {0: None, 1: d} if d < out.dim() - 1 else None
-    return None
+    if rule is None:
+        return None
+    x = _val(node.args[0]) if node.args else None
+    if rule.kind not in _POINTWISE_KINDS and not isinstance(x, torch.Tensor):
+        return None
+    return ROW_RULES[rule.kind](node, out, x, d, **dict(rule.params))
 
 
 def _output_dim(node: torch.fx.Node, known: dict[int, int | None], rows: int) -> int | None:

@@ -2,27 +2,28 @@
 
 Needs: a :class:`~graphopt.partition.costgraph.CostGraph` and :class:`PartitionOptions`.
 Guarantees: in ``pipeline`` mode the plan is acyclic and stage-ordered; every plan respects the
-FLOPs budget (relaxed, with a note, only when no plan meets it) and the memory cap; the same
-inputs and seed give the same plan.
+FLOPs budget (relaxed, with a note, only when no plan meets it) and the memory cap; every node
+has a part in ``0..k-1``; the same inputs and seed give the same plan.
 
 ``pipeline`` mode candidates, each refined afterwards by :func:`~graphopt.partition.refine.refine`:
 
-1. the exact contiguous-split DP along the graph's own topological order (and, as a floor,
-   the refined equal-FLOPs split);
+1. the exact contiguous-split DP along the graph's own topological order (and the refined
+   equal-FLOPs split, so the hand-made plan is always among the candidates);
 2. for each METIS run (seed ``seed + t``, best of ``ncuts``): the DP along the topological order
    guided by METIS' repaired labels, and the repaired METIS partition itself after balance-FM.
 
-Each DP runs twice: fewest bytes within ``time_slack`` of its fastest split, and fewest bytes
-no slower than the hand-made split. The plan is chosen among those within the FLOPs budget and
-the memory cap, by ``objective``: ``volume`` (the default) takes the fewest bytes among the
-plans no slower than the equal-FLOPs split by the pipeline-time estimate (the step-time
-guarantee a user needs to trust it over their own split); ``time`` takes the fastest, counting
-plans within ``time_slack`` of it as equally fast (the roofline is not finer than that) and
-sending the fewest bytes among those. On NVLink, where bytes cost almost no time, the two differ
-most: ``time`` spends bytes on a few percent of step time. ``cut`` mode keeps the least volume
-over METIS' general k-way answers after unordered refinement and every ``pipeline`` candidate (a
-stage-ordered plan is a placement too). Baselines: the equal-FLOPs contiguous split of the graph
-order (what a user does by hand) and the optimal contiguous split by min-max DP (PipeDream).
+Each DP runs twice: fewest bytes within ``time_slack`` of its fastest split, and fewest bytes of
+any split within the FLOPs budget (the floor of that order,
+:func:`~graphopt.partition.floor.contiguous_floor`). Last, the MILP of :mod:`graphopt.partition.milp`
+places every node exactly on graphs up to 1,500 nodes, or the nodes near the best plan's
+boundaries on larger ones (``milp`` option; 2 s time limit). The plan is chosen
+among those within the FLOPs budget and the memory cap by the one ranking rule of
+:mod:`graphopt.partition.choose`: bytes first, the step-time estimate only where it differs by
+more than ``time_slack`` (10%); ``objective="time"`` takes the fastest instead. ``cut`` mode keeps
+the least volume over METIS' general k-way answers after unordered refinement and every
+``pipeline`` candidate (a stage-ordered plan is a placement too). Baselines: the equal-FLOPs
+contiguous split of the graph order (what a user does by hand) and the optimal contiguous split by
+min-max DP (PipeDream).
 
 Complexity: a few METIS runs plus O(k C^2 + E) per DP and O(moves * degree) per refinement pass.
 """
@@ -37,17 +38,18 @@ import numpy as np
 from graphopt.cost import DEVICES, LINKS, get_device, get_link
 from graphopt.errors import PlanError
 from graphopt.partition.acyclic import guided_order, rank_labels, renumber_topologically, repair
+from graphopt.partition.choose import OBJECTIVES, TIME_SLACK, best_plan, choice_notes
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.dp import Budget, cuts_to_parts, equal_flops_split, make_budget, split_order
 from graphopt.partition.metis import metis_csr, metis_labels
 from graphopt.partition.metrics import Metrics, compute_metrics
+from graphopt.partition.milp import place, refine_near_boundaries
 from graphopt.partition.refine import rebalance, refine
 
 __all__ = ["PartitionOptions", "Candidate", "SearchResult", "search", "check_early", "MODES",
-           "OBJECTIVES", "default_link", "ordered_parts", "best_by_objective"]
+           "OBJECTIVES", "TIME_SLACK", "default_link", "ordered_parts", "within_budget"]
 
 MODES = ("pipeline", "cut")
-OBJECTIVES = ("volume", "time")
 _LINK_FOR = {"h100": "nvlink4", "a100": "nvlink3", "cpu": "loopback"}
 
 
@@ -70,11 +72,14 @@ class PartitionOptions:
         schedule: ``1f1b`` or ``gpipe``: how many micro-batches' activations a stage holds.
         memory_cap: bytes per device (default: the device preset's memory).
         speeds: relative device speeds (METIS ``tpwgts`` and the stage-time model).
-        time_slack: relative slowdown the volume-minimizing DP pass may take.
+        time_slack: the time threshold: plans whose estimated slowest stage is within it of
+            the fastest count as equally fast (and the DP's bytes pass may spend it).
         refine: run the FM refinement.
         time_budget: seconds after which no new optional step starts.
-        objective: ``volume`` (fewest bytes, no slower than the hand-made split) or ``time``
-            (fastest, fewest bytes within ``time_slack``).
+        objective: ``volume`` (fewest bytes among the plans within ``time_slack`` of the
+            fastest) or ``time`` (the fastest); see :mod:`graphopt.partition.choose`.
+        milp: refine the best plan near its boundaries by MILP (off for searches whose plan
+            only decides which cuts to keep).
     """
 
     k: int
@@ -89,10 +94,11 @@ class PartitionOptions:
     schedule: str = "1f1b"
     memory_cap: float | None = None
     speeds: list[float] | None = None
-    time_slack: float = 0.05
+    time_slack: float = TIME_SLACK
     refine: bool = True
     time_budget: float | None = None
     objective: str = "volume"
+    milp: bool = True
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -123,6 +129,20 @@ class SearchResult:
     eps_used: float
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    cg: CostGraph | None = None
+    # what the ranking rule's choice left on the table (choose.choice_notes); kept apart from
+    # ``notes`` so a caller ranking several searches can say it once, for its own choice
+    choice: list[str] = field(default_factory=list)
+
+    def equal_admissible(self, eps: float | None = None) -> bool:
+        """Whether the equal-FLOPs split meets this search's budget, or the same budget at
+        tolerance ``eps`` (to judge it by another plan's tolerance)."""
+        eq = self.baselines["equal_flops"]
+        b = self.budget
+        if eps is not None:
+            b = make_budget(self.cg, b.k, eps, speeds=b.speeds, mem_cap=b.mem_cap,
+                            inflight=b.inflight)
+        return within_budget(self.cg, eq.part, eq.metrics, b)
 
 
 def check_early(k, imbalance) -> None:
@@ -203,9 +223,10 @@ class _Run:
         self.cands.append(c)
         return c
 
-    def dp(self, order, *, force=(), comm_time_limit=None):
+    def dp(self, order, *, force=(), comm_time_limit=None, time_slack=None):
+        slack = self.o.time_slack if time_slack is None else time_slack
         return split_order(self.cg, order, self.o.k, budget=self.budget, alpha=self.alpha,
-                           beta=self.beta, time_slack=self.o.time_slack, force=list(force),
+                           beta=self.beta, time_slack=slack, force=list(force),
                            comm_time_limit=comm_time_limit, max_candidates=self.max_candidates)
 
     def refined(self, part, ordered: bool):
@@ -235,15 +256,16 @@ def _baselines(run: _Run) -> dict[str, Candidate]:
 
 def _pipeline_candidates(run: _Run, base: dict[str, Candidate], labels: list[np.ndarray]):
     cg, k = run.cg, run.o.k
-    t_base = base["equal_flops"].metrics.bottleneck_seconds
 
     def dp_candidates(name: str, order: np.ndarray, force=()) -> None:
         seen = set()
-        for tag, limit in (("", None), ("+volume", t_base)):
+        # fewest bytes among the splits within the time threshold of the fastest, and the
+        # fewest of all within the budget (the order's floor: the chooser weighs its time)
+        for tag, limit, slack in (("", None, None), ("+bytes", None, math.inf)):
             if time.perf_counter() > run.deadline and run.cands:
                 return
             start = time.perf_counter()
-            cuts = run.dp(order, force=force, comm_time_limit=limit)
+            cuts = run.dp(order, force=force, comm_time_limit=limit, time_slack=slack)
             if cuts is None or tuple(cuts) in seen:
                 continue
             seen.add(tuple(cuts))
@@ -265,6 +287,41 @@ def _pipeline_candidates(run: _Run, base: dict[str, Candidate], labels: list[np.
                 run.add(f"metis+repair[{t}]", run.refined(fixed, True), start)
 
 
+_MILP_SECONDS = 2.0      # HiGHS time limit per search (its best plan so far is used after)
+_MILP_WHOLE = 1_500      # movable nodes up to which the MILP places every node
+_MILP_HOPS = 8           # otherwise: edges around a boundary within which nodes may move
+
+
+def _milp_candidate(run: _Run) -> None:
+    """Exact placement by MILP (:mod:`graphopt.partition.milp`): of every node on small graphs
+    (HiGHS proves the optimum in about a second for a few hundred nodes), else of the nodes
+    within a few edges of the best plan's boundaries, one part either way, the rest fixed: the
+    moves of several nodes together (a projection and its rotary embedding, a norm and both
+    branches it feeds) that no single FM move reaches, at a size that follows the boundaries,
+    not the graph. It minimizes bytes within the FLOPs caps; the chooser still weighs its time."""
+    cg, k = run.cg, run.o.k
+    left = run.deadline - time.perf_counter()
+    if k < 2 or left <= 0.2 or not run.o.milp:
+        return
+    start = time.perf_counter()
+    limit = min(_MILP_SECONDS, left)
+    if len(cg.movable) <= _MILP_WHOLE:
+        res = place(cg, k, run.budget, np.zeros(cg.n, dtype=np.int64),
+                    np.full(cg.n, k - 1, dtype=np.int64), time_limit=limit)
+        name = "milp"
+    else:
+        pool = [c for c in run.cands if c.metrics.stage_ordered and
+                within_budget(cg, c.part, c.metrics, run.budget)]
+        if not pool:
+            return
+        seed = best_plan(pool, lambda c: c.metrics, run.o.objective, run.o.time_slack)
+        res = refine_near_boundaries(cg, seed.part, k, run.budget, hops=_MILP_HOPS,
+                                     time_limit=limit)
+        name = f"milp:near({seed.method})"
+    if res is not None and res.part is not None:
+        run.add(name, res.part, start)
+
+
 def _cut_candidates(run: _Run, labels: list[np.ndarray]):
     cg, k = run.cg, run.o.k
     for t, lab in enumerate(labels):
@@ -282,49 +339,49 @@ def _cut_candidates(run: _Run, labels: list[np.ndarray]):
         run.add("dp:graph-order", run.refined(cuts_to_parts(cg, cg.movable, cuts), False), start)
 
 
-def best_by_objective(pool: list, metrics_of, o: PartitionOptions, guarded: bool = True):
-    """The objective's pick from ``pool``: ``volume``: fewest bytes, then fastest; ``time``:
-    fastest within ``time_slack``, then fewest bytes. ``guarded``: every plan in ``pool`` is
-    no slower than the hand-made split (otherwise ``volume`` falls back to ``time``, so that
-    fewer bytes never buy an unbounded slowdown)."""
-    if o.objective == "volume" and guarded:
-        return min(pool, key=lambda c: (metrics_of(c).comm_bytes,
-                                        metrics_of(c).bottleneck_seconds))
-    fastest = min(metrics_of(c).bottleneck_seconds for c in pool)
-    near = [c for c in pool if metrics_of(c).bottleneck_seconds <= fastest *
-            (1 + o.time_slack) + 1e-15]
-    return min(near, key=lambda c: (metrics_of(c).comm_bytes, metrics_of(c).bottleneck_seconds))
+def within_budget(cg: CostGraph, part: np.ndarray, metrics: Metrics, budget: Budget) -> bool:
+    """Whether a plan keeps every part under its FLOPs cap and the memory cap."""
+    k = budget.k
+    g = np.bincount(part[cg.movable], weights=np.where(budget.giant, cg.flops, 0)[cg.movable],
+                    minlength=k)
+    caps = np.array([budget.cap(s, g[s]) for s in range(k)])
+    f = np.asarray(metrics.part_flops, dtype=np.float64)
+    mem = np.asarray(metrics.part_param_bytes, dtype=np.float64) + \
+        budget.inflight[:k] * np.asarray(metrics.part_act_bytes, dtype=np.float64)
+    return bool(np.all(f <= caps + 1e-9 * max(cg.total_flops, 1))) and \
+        bool(np.all(mem <= budget.mem_cap))
 
 
-def _within_budget(run: _Run, c: Candidate) -> bool:
-    b = run.budget
-    f = np.asarray(c.metrics.part_flops, dtype=np.float64)
-    g = np.bincount(c.part[run.cg.movable], weights=np.where(b.giant, run.cg.flops, 0)
-                    [run.cg.movable], minlength=run.o.k)
-    caps = np.array([b.cap(s, g[s]) for s in range(run.o.k)])
-    m = c.metrics
-    mem = np.asarray(m.part_param_bytes, dtype=np.float64) + \
-        b.inflight[:run.o.k] * np.asarray(m.part_act_bytes, dtype=np.float64)
-    return bool(np.all(f <= caps + 1e-9 * max(run.cg.total_flops, 1))) and \
-        bool(np.all(mem <= b.mem_cap))
-
-
-def _choose(run: _Run, base: dict[str, Candidate]) -> Candidate | None:
-    cands = [c for c in run.cands if _within_budget(run, c)]
+def _choose(run: _Run) -> Candidate | None:
+    cands = [c for c in run.cands if within_budget(run.cg, c.part, c.metrics, run.budget)]
     if run.o.mode == "pipeline":
         cands = [c for c in cands if c.metrics.stage_ordered or run.o.k == 1]
         if not cands:
             return None
-        ref = base["equal_flops"].metrics
-        t_ref = ref.bottleneck_seconds * (1 + 1e-12)
-        dom = [c for c in cands if c.metrics.comm_bytes <= ref.comm_bytes and
-               c.metrics.bottleneck_seconds <= t_ref]
-        faster = [c for c in cands if c.metrics.bottleneck_seconds <= t_ref]
-        return best_by_objective(dom or faster or cands, lambda c: c.metrics, run.o,
-                                 guarded=bool(faster))
+        return best_plan(cands, lambda c: c.metrics, run.o.objective, run.o.time_slack)
     if not cands:
         return None
     return min(cands, key=lambda c: (c.metrics.comm_bytes, c.metrics.imbalance))
+
+
+def admissible(result: "SearchResult", mode: str) -> list[Candidate]:
+    """The candidates within the budget (and stage-ordered in ``pipeline`` mode)."""
+    return [c for c in result.candidates if within_budget(result.cg, c.part, c.metrics,
+                                                          result.budget)
+            and (mode != "pipeline" or c.metrics.stage_ordered or result.budget.k == 1)]
+
+
+def fewest_bytes(result: "SearchResult", mode: str) -> Candidate | None:
+    """The admissible candidate that sends the fewest bytes."""
+    return min(admissible(result, mode), key=lambda c: (c.metrics.comm_bytes,
+                                                       c.metrics.bottleneck_seconds),
+               default=None)
+
+
+def fastest(result: "SearchResult", mode: str) -> Candidate | None:
+    """The admissible candidate with the fastest full estimate."""
+    return min(admissible(result, mode), key=lambda c: (c.metrics.bottleneck_seconds,
+                                                       c.metrics.comm_bytes), default=None)
 
 
 def _search_once(cg: CostGraph, o: PartitionOptions, budget: Budget, deadline: float,
@@ -332,9 +389,10 @@ def _search_once(cg: CostGraph, o: PartitionOptions, budget: Budget, deadline: f
     run = _Run(cg, o, budget, deadline)
     base = _baselines(run)
     _pipeline_candidates(run, base, labels)
+    _milp_candidate(run)
     if o.mode == "cut":     # stage-ordered plans are placements too: cut mode never does worse
         _cut_candidates(run, labels)
-    return run, base, _choose(run, base)
+    return run, base, _choose(run)
 
 
 def search(cg: CostGraph, o: PartitionOptions) -> SearchResult:
@@ -360,7 +418,7 @@ def search(cg: CostGraph, o: PartitionOptions) -> SearchResult:
         part = cg.param_parts(np.zeros(cg.n, dtype=np.int64), 1)
         c = run.add("single", part, start)
         return SearchResult(c, {"equal_flops": c, "contiguous_dp": c}, [c], budget,
-                            o.imbalance, seconds=time.perf_counter() - start)
+                            o.imbalance, seconds=time.perf_counter() - start, cg=cg)
     ncuts = o.ncuts if o.ncuts is not None else (4 if nmov <= 50_000 else 1)
     tries = o.tries if o.tries is not None else (2 if nmov <= 50_000 else 1)
     csr = metis_csr(cg)
@@ -385,8 +443,15 @@ def search(cg: CostGraph, o: PartitionOptions) -> SearchResult:
         why = "node granularity" + (" and memory cap" if o.memory_cap is not None else "")
         notes.append(f"no plan balances the FLOPs within {o.imbalance:.1%} at this {why}; "
                      f"the plan keeps every part within {eps:.1%} of its share")
-    return SearchResult(best, base, run.cands, budget, eps, notes,
-                        time.perf_counter() - start)
+    res = SearchResult(best, base, run.cands, budget, eps, notes, cg=cg)
+    few, quick = fewest_bytes(res, o.mode), fastest(res, o.mode)
+    res.choice = choice_notes(best.metrics, few.metrics if few else None,
+                              base["equal_flops"].metrics, objective=o.objective,
+                              time_slack=o.time_slack, imbalance=eps,
+                              equal_admissible=res.equal_admissible(),
+                              fastest=quick.metrics if quick else None)
+    res.seconds = time.perf_counter() - start
+    return res
 
 
 def _least_feasible_eps(cg, o, eps, mem_cap, inflight, run) -> float | None:

@@ -94,6 +94,21 @@ def _val(a):
     return a.meta.get("val") if isinstance(a, torch.fx.Node) else a
 
 
+_SLICED_MAX = 16   # how much larger than the output the sliced operands of a cut node may be
+
+
+def _cheap_to_cut(node: torch.fx.Node, sliced: dict[int, int]) -> bool:
+    """Whether a boundary between the node's blocks sends about what its output does. A
+    boundary sends the sliced operands' rows still to do; when those operands dwarf the output
+    (a mixture of experts' batched matmul over per-token gathered expert weights: 180 MB in,
+    0.7 MB out) the cut costs more than any node boundary nearby, so it is not offered."""
+    out = _val(node)
+    ins = sum(v.numel() * v.element_size() for i in sliced
+              if isinstance(v := _val(node.args[i]), torch.Tensor))
+    return not isinstance(out, torch.Tensor) or \
+        ins <= _SLICED_MAX * max(out.numel() * out.element_size(), 1)
+
+
 @dataclass
 class _Layout:
     """The non-parameter nodes in graph order with FLOPs prefix sums and cut sizes.
@@ -173,6 +188,16 @@ def _find_region(lay: _Layout, i: int, floor: int, giants: set[int]
         if best is not None:
             return best
     return None
+
+
+def _cheap_region(lay: _Layout, found) -> bool:
+    """Whether a boundary inside the region sends about what its values do: not when an input
+    its blocks slice dwarfs them (a mixture of experts' per-token gathered expert weights), the
+    same test as :func:`_cheap_to_cut` for a single node."""
+    a, b, reg, cost = found
+    biggest = max((lay.infos[p].out_bytes for p in range(a, b + 1)
+                   if lay.fx[p].name in reg.dims), default=0)
+    return cost <= _SLICED_MAX * max(biggest, 1)
 
 
 def _targets(lay: _Layout, k: int, speeds, giants: set[int]) -> list[float]:
@@ -341,6 +366,8 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
         floor = max((r[1] for r in regions), default=-1)
         found = _find_region(lay, i, floor, heavy) if i > floor else None
         node_cost = float(lay.cut[near].min()) if len(near) else np.inf
+        if found is not None and not _cheap_region(lay, found):
+            found = None
         if found is not None and found[3] < node_cost:
             regions.append([*found, [t]])
         elif not len(near):
@@ -362,7 +389,7 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
         if i in inside:         # a region found later covers this node: its cuts do
             continue
         how = node_split_kind(lay.fx[i])
-        if how is None or how[0] < 2:
+        if how is None or how[0] < 2 or not _cheap_to_cut(lay.fx[i], how[1]):
             continue
         cuts = sorted({c for t in spread(ts)
                        if (c := _row_cut(t, lay.before[i], float(flops[i]), how[0]))})

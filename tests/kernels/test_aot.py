@@ -8,8 +8,8 @@ import graphopt
 from graphopt.capture import graph_from_fx
 from graphopt.kernels import KernelSpec, generate, kernel_sources
 from graphopt.kernels.aot import compile_for_target
-from graphopt.passes import PassContext
 from graphopt.pass_lists import FUSION, run_pipeline
+from graphopt.passes import PassContext
 
 F = torch.nn.functional
 bf16 = torch.bfloat16
@@ -55,6 +55,7 @@ def test_kernel_family_compiles_for_hopper(name, fn, args):
 
 def test_every_autotuning_candidate_compiles():
     import hashlib
+
     from graphopt.kernels.runtime import load_module
     (name, src), *_ = sources_of(lambda x: torch.softmax(x * 3, -1), (torch.randn(64, 2048),))
     module = load_module(src, "cfg" + hashlib.sha256(src.encode()).hexdigest()[:12],

@@ -9,8 +9,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from graphopt.capture import graph_from_fx
 from graphopt.kernels import KernelSpec, TensorLayout, bind_kernels, compile_kernel, generate
-from graphopt.passes import PassContext
 from graphopt.pass_lists import FUSION, run_pipeline
+from graphopt.passes import PassContext
 
 F = torch.nn.functional
 

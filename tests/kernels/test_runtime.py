@@ -12,8 +12,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from graphopt.capture import graph_from_fx
 from graphopt.kernels import KernelSpec, TensorLayout, bind_kernels, generate, runtime
-from graphopt.passes import PassContext
 from graphopt.pass_lists import FUSION, run_pipeline
+from graphopt.passes import PassContext
 
 F = torch.nn.functional
 
@@ -97,7 +97,7 @@ def test_generated_module_runs_on_its_own(tmp_path):
         return torch.softmax(x + b, -1)
 
     graph, plan = fused(fn, torch.randn(5, 33), torch.randn(33))
-    src = generate(KernelSpec.from_module("fused_0", getattr(graph.gm, "fused_0").fallback))
+    src = generate(KernelSpec.from_module("fused_0", graph.gm.fused_0.fallback))
     path = tmp_path / "fused_0.py"
     path.write_text(src)
     env = dict(os.environ, TRITON_INTERPRET="1")

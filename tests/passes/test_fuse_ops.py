@@ -9,8 +9,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from graphopt.capture import graph_from_fx
 from graphopt.kernels import bind_kernels
-from graphopt.passes import PassContext, get_pass
 from graphopt.pass_lists import run_pipeline
+from graphopt.passes import PassContext, get_pass
 
 F = torch.nn.functional
 

@@ -5,8 +5,17 @@ import pytest
 import torch
 
 import graphopt
-from graphopt.passes import (DumpInstrument, PassContext, PassError, PassManager, PassResult,
-                             TimingInstrument, check_invariants, get_pass)
+from graphopt.passes import (
+    DumpInstrument,
+    OptionError,
+    PassContext,
+    PassError,
+    PassManager,
+    PassResult,
+    TimingInstrument,
+    check_invariants,
+    get_pass,
+)
 
 
 def small_graph():
@@ -92,3 +101,35 @@ def test_graphopt_debug_env_logs_and_dumps(monkeypatch, tmp_path, caplog):
     assert any("annotate_costs" in r.getMessage() for r in caplog.records)
     dumped = list(tmp_path.rglob("01_annotate_costs.json"))
     assert len(dumped) == 1
+
+
+def test_unknown_option_names_the_passes_and_their_keys():
+    with pytest.raises(OptionError, match=r"unknown pass option 'fuse_max_op'.*fuse_ops: "
+                                          r"fuse_max_ops, fuse_max_inputs"):
+        PassContext(options={"fuse_max_op": 3})
+
+
+def test_mistyped_option_names_the_pass_and_the_type():
+    with pytest.raises(OptionError, match=r"pass 'partition_graph': option 'k' must be int"):
+        PassContext(options={"k": "4"})
+    with pytest.raises(OptionError, match=r"option 'objective' must be 'volume' \| 'time'"):
+        PassContext(options={"objective": "speed"})
+    with pytest.raises(OptionError, match="'fuse_max_ops'"):
+        PassContext().set_options(fuse_max_ops=2.5)
+
+
+def test_options_for_gives_typed_defaults_and_values():
+    ctx = PassContext(options={"k": 4, "imbalance": 0.1, "split": "rows"})
+    part = ctx.options_for("partition_graph")
+    assert (part.k, part.imbalance, part.split, part.mode) == (4, 0.1, "rows", "pipeline")
+    split = ctx.options_for("split_ops")   # shared keys are one concept: the same value
+    assert (split.k, split.imbalance, split.split) == (4, 0.1, "rows")
+    assert ctx.options_for("fuse_ops").fuse_max_ops == 64
+
+
+def test_every_registered_pass_declares_options_and_artifacts_consistently():
+    from graphopt.passes import PASSES
+    made = {a for fn in PASSES.values() for a in fn.pass_info.makes}
+    for name, fn in PASSES.items():
+        assert fn.pass_info.name == name
+        assert set(fn.pass_info.needs) <= made, f"{name} needs what no pass makes"

@@ -1,11 +1,12 @@
 """outline_groups: each planned group becomes one call to a submodule holding its ATen subgraph;
 the graph computes the same values and the pass is stable."""
+import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from graphopt.capture import graph_from_fx
-from graphopt.passes import PassContext, get_pass
 from graphopt.pass_lists import run_pipeline
+from graphopt.passes import PassContext, PassError, PassManager, get_pass
 
 
 def fn(x, w, b):
@@ -35,7 +36,10 @@ def test_groups_become_calls_with_the_same_results():
     assert not again.modified
 
 
-def test_without_a_plan_nothing_changes():
+def test_without_a_plan_is_an_error_naming_fuse_ops():
     args = (torch.randn(4, 12), torch.randn(12, 12), torch.randn(12))
     g = graph_from_fx(make_fx(fn, tracing_mode="fake")(*args))
-    assert not get_pass("outline_groups")(g, PassContext()).modified
+    with pytest.raises(PassError, match="needs the 'fusion' artifact, made by 'fuse_ops'"):
+        get_pass("outline_groups")(g, PassContext())
+    with pytest.raises(PassError, match="'outline_groups' needs the 'fusion' artifact.*add it"):
+        PassManager(["annotate_costs", "outline_groups"]).run(g, PassContext())

@@ -221,3 +221,82 @@ def test_no_budget_or_no_backward_is_a_no_op():
     g = graphopt.capture(zoo.ResidualMLP(dim=16, depth=1, hidden=32), (torch.randn(4, 16),))
     result = rematerialize(g, PassContext(options={"memory_budget": 0.5}))
     assert not result.modified and "no activations" in result.stats["skipped"]
+
+
+class SkipGate(nn.Module):
+    """A gate read by the first and the last layer only: the backward pass needs it at its
+    start and at its end, so holding it in between is what segments avoid."""
+
+    def __init__(self, dim=32, depth=4):
+        super().__init__()
+        self.gate = nn.Linear(dim, dim)
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
+
+    def forward(self, x):
+        g = torch.sigmoid(self.gate(x))
+        h = torch.tanh(self.layers[0](x)) * g
+        for lin in self.layers[1:-1]:
+            h = torch.tanh(lin(h))
+        return torch.tanh(self.layers[-1](h)) * g
+
+
+def assert_same(graph, joint, seed=1):
+    args = random_args(joint.graph, seed)
+    ref = run_joint(joint.graph, args)
+    got = run_joint(graph, args)
+    assert len(got) == len(ref)
+    for a, b in zip(got, ref):
+        assert not torch.isnan(a).any() and rel_err(a, b) < 1e-5
+
+
+def test_a_plan_that_recomputes_a_value_twice_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    joint = joint_of(SkipGate(), torch.randn(64, 32))
+    fresh = joint_of(SkipGate(), torch.randn(64, 32))
+    graph, ctx = plan(joint, 0.5, remat_solver="milp", remat_time_limit=30)
+    report = ctx.artifacts["remat"]
+    assert report.held_peak_bytes <= report.budget_bytes
+    copies = [n.meta[RECOMPUTE_META] for n in graph.gm.graph.nodes if RECOMPUTE_META in n.meta]
+    twice = {c for c in copies if copies.count(c) > 1}
+    assert twice and report.solver["recomputations"] > len(report.recomputed)
+    assert_same(graph, fresh)
+    assert_same(graph, fresh, seed=2)
+
+
+def test_forced_segments_on_every_value_with_two_needs_keep_gradients():
+    from graphopt.memory.remat.build import build_problem
+    from graphopt.memory.remat.problem import evaluate
+    from graphopt.memory.remat.rewrite import apply_plan
+
+    joint, fresh = resmlp_joint(), resmlp_joint()
+    p = build_problem(joint.graph, num_fwd_outputs=joint.num_fwd_outputs)
+    saved = p.default_saved() & ~p.recomputable  # recompute everything that can be
+    first = evaluate(p, saved)
+    # A new segment at the last need of every value needed at two stages or more.
+    at = {v: (s[0], s[-1]) for v, s in first.needs.items() if len(s) > 1 and p.recomputable[v]}
+    ev = evaluate(p, saved, at)
+    assert ev.recomputations() > len(ev.segments)
+    apply_plan(joint.graph, p, ev, joint.num_fwd_outputs)
+    assert_same(joint.graph, fresh)
+
+
+def test_free_pointwise_ops_are_recomputed_even_at_budget_one():
+    joint = resmlp_joint()
+    graph, ctx = plan(joint, 1.0, fuse=False, remat_device="cpu")
+    report = ctx.artifacts["remat"]
+    assert any(name.startswith("gelu") for name in report.recomputed)
+    assert report.held_peak_bytes < report.baseline_saved_bytes
+    assert report.solver["recompute_cost"] == 0  # free: charged nothing
+    assert_same(graph, resmlp_joint())
+
+
+def test_clamp_gives_the_tightest_plan_and_one_warning():
+    from graphopt.memory.remat.solve import BudgetBelowMinimumWarning
+    joint = resmlp_joint(depth=2)
+    with pytest.warns(BudgetBelowMinimumWarning, match="feasible minimum") as caught:
+        graph, ctx = plan(joint, 0.01, remat_clamp=True)
+    assert len(caught) == 1
+    report = ctx.artifacts["remat"]
+    assert report.requested_budget_bytes == int(0.01 * report.baseline_saved_bytes)
+    assert report.budget_bytes == report.held_peak_bytes > report.requested_budget_bytes
+    assert_same(graph, resmlp_joint(depth=2))

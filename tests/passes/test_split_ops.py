@@ -9,7 +9,7 @@ from torch import nn
 
 import graphopt
 from graphopt.errors import PlanError
-from graphopt.passes import PassContext, check_invariants, get_pass
+from graphopt.passes import OptionError, PassContext, check_invariants, get_pass
 from graphopt.passes.split_ops import _split_node, apply_splits
 from graphopt.partition.split_plan import node_split_kind, plan_splits, prune_cuts
 from graphopt.pass_lists import PARTITION, run_pipeline
@@ -116,7 +116,7 @@ def test_cuts_only_where_a_boundary_needs_them():
     chain = nn.Sequential(*[nn.Linear(32, 32) for _ in range(4)]).eval()
     assert plan_splits(graphopt.capture(chain, (torch.randn(64, 32),)), 4, 0.0,
                        strategy="nodes") == []
-    off = get_pass("split_ops")(graph, PassContext(options={"k": 2, "split_ops": "off"}))
+    off = get_pass("split_ops")(graph, PassContext(options={"k": 2, "split": "off"}))
     assert not off.modified
     with pytest.raises(PlanError, match="unknown split strategy"):
         plan_splits(graph, 2, 0.03, strategy="columns")
@@ -138,14 +138,14 @@ def test_apply_then_prune_keeps_only_used_cuts():
     x = torch.randn(64, 32)
     with torch.no_grad():
         assert max_rel_err(g.run(x), graph.run(x)) < 1e-6
-    again = get_pass("split_ops")(g, PassContext(options={"k": 2, "split_ops": "nodes"}))
+    again = get_pass("split_ops")(g, PassContext(options={"k": 2, "split": "nodes"}))
     assert not again.modified          # a split graph is left alone
 
 
 def test_needs_k():
     graph = graphopt.capture(_heavy_middle(), (torch.randn(4, 32),))
     with pytest.raises(PlanError, match="options\\['k'\\]"):
-        get_pass("split_ops")(graph, PassContext(options={"split_ops": "rows"}))
+        get_pass("split_ops")(graph, PassContext(options={"split": "rows"}))
 
 
 def test_partition_pipeline_balances_and_runs_on_two_processes():
@@ -253,5 +253,5 @@ def test_objective_trades_bytes_for_time():
         plans[objective] = ctx.artifacts["partition"].metrics()
     assert plans["volume"].comm_bytes <= plans["time"].comm_bytes
     assert plans["time"].bottleneck_seconds <= plans["volume"].bottleneck_seconds * 1.05
-    with pytest.raises(PlanError, match="objective must be one of"):
+    with pytest.raises(OptionError, match="option 'objective' must be 'volume' | 'time'"):
         run_pipeline(graph.copy(), PARTITION, PassContext(options={"k": 2, "objective": "x"}))

@@ -9,6 +9,16 @@ pointwise ops fuse into their consumer, so they are charged their arithmetic onl
 Never recomputed: random ops, collectives, ops with side effects or mutation, higher-order ops
 and anything that is not an ATen op (or a ``getitem`` of one): those are saved.
 
+*Free* recomputation (:func:`is_free`), the rule PyTorch's min-cut partitioner follows for
+fusible ops: a pointwise op is recomputed for nothing, at every budget, when doing so holds less.
+Fused, it rides the kernel that reads it and moves no bytes of its own; unfused (on the CPU) it
+is one more kernel that reads its inputs and writes its output, which is worth it when those
+bytes are at most ``FREE_TRAFFIC_RATIO`` (3) times the bytes it frees: a GELU or a bias add
+moves 2x, an add of two saved tensors 3x, while anything with real arithmetic (a matmul, a
+norm, a reduction) is never free. Free values are charged 0 in the plan's cost (their FLOPs
+still count in ``recompute_flops``), so both solvers prefer them, and every solver starts from
+the no-remat plan with them recomputed (:mod:`graphopt.memory.remat.baseline`).
+
 Complexity: O(V + E).
 """
 from __future__ import annotations
@@ -19,12 +29,16 @@ import numpy as np
 import torch
 import torch.fx
 
-from graphopt.cost import DeviceSpec, OpClass, get_device, op_class, roofline_seconds, tensor_bytes
-from graphopt.memory.remat.problem import RematProblem
+from graphopt import op_table
+from graphopt.cost import DeviceSpec, OpClass, get_device, roofline_seconds, tensor_bytes
+from graphopt.memory.liveness import analyze, profile
+from graphopt.memory.remat.problem import _HOLDABLE, RematProblem
 
-__all__ = ["build_problem", "forward_region", "recompute_cost", "is_recomputable"]
+__all__ = ["build_problem", "forward_region", "recompute_cost", "is_recomputable", "is_free",
+           "FREE_TRAFFIC_RATIO"]
 
-_HOLDABLE = {"tensor", "item"}
+FREE_TRAFFIC_RATIO = 3
+
 _COLLECTIVE_NAMESPACES = {"_c10d_functional", "c10d_functional", "c10d", "_dtensor"}
 
 
@@ -64,9 +78,9 @@ def is_recomputable(node: torch.fx.Node) -> bool:
         return True
     if not isinstance(target, torch._ops.OpOverload):
         return False
-    if target.namespace in _COLLECTIVE_NAMESPACES or target._schema.is_mutable:
+    if target.namespace in _COLLECTIVE_NAMESPACES:
         return False
-    if torch.Tag.nondeterministic_seeded in target.tags or op_class(target) == OpClass.RANDOM:
+    if op_table.effect(target) != op_table.Effect.PURE:  # random or mutating
         return False
     if node.is_impure():
         return False
@@ -88,7 +102,7 @@ def _kind(node: torch.fx.Node) -> str:
 
 
 def _is_view_op(node: torch.fx.Node) -> bool:
-    return isinstance(node.target, torch._ops.OpOverload) and op_class(node.target) == OpClass.VIEW
+    return isinstance(node.target, torch._ops.OpOverload) and op_table.aliases(node.target)
 
 
 def recompute_cost(info, device: DeviceSpec | str | None = "h100", metric: str = "time",
@@ -107,6 +121,20 @@ def recompute_cost(info, device: DeviceSpec | str | None = "h100", metric: str =
         return info.flops / spec.vector_flops  # no launch, no traffic: it rides its consumer
     return roofline_seconds(info.flops, info.bytes_read + info.bytes_written, info.op_class,
                             info.dtype or "float32", spec)
+
+
+def is_free(info, fused_pointwise: bool) -> bool:
+    """Whether recomputing a node (its :class:`~graphopt.graph.NodeInfo`) is free: a pointwise
+    op, fused into its reader, or unfused moving at most ``FREE_TRAFFIC_RATIO`` times its bytes.
+
+    Example:
+        >>> is_free(graph.info["gelu"], fused_pointwise=False)   # reads 1x, writes 1x
+        True
+    """
+    if info.op_class != OpClass.ELEMENTWISE or not info.out_bytes:
+        return False
+    return fused_pointwise or info.bytes_read + info.bytes_written <= (
+        FREE_TRAFFIC_RATIO * info.out_bytes)
 
 
 def build_problem(graph, *, device="h100", metric: str = "time", fused_pointwise: bool = True,
@@ -163,6 +191,7 @@ def build_problem(graph, *, device="h100", metric: str = "time", fused_pointwise
     cost = np.zeros(len(cands), dtype=np.float64)
     flops = np.zeros(len(cands), dtype=np.int64)
     recomputable = np.zeros(len(cands), dtype=bool)
+    free = np.zeros(len(cands), dtype=bool)
     for i, n in enumerate(cands):
         info = graph.info[n.name]
         nbytes = tensor_bytes(n.meta.get("val"))
@@ -172,8 +201,23 @@ def build_problem(graph, *, device="h100", metric: str = "time", fused_pointwise
             info, device, metric, fused_pointwise)
         flops[i] = info.flops
         recomputable[i] = is_recomputable(n)
+        if kind[i] == "tensor" and recomputable[i] and is_free(info, fused_pointwise):
+            free[i], cost[i] = True, 0.0
     inputs = [sorted({idx[a] for a in n.all_input_nodes if a in idx}) for n in cands]
     return RematProblem(names=[n.name for n in cands], kind=kind, hold=hold, work=work,
                         cost=cost, flops=flops, recomputable=recomputable, inputs=inputs,
                         uses=[sorted(u) for u in uses],
-                        stage_names=[n.name for n in stage_nodes])
+                        stage_names=[n.name for n in stage_nodes], free=free,
+                        base=_backward_bytes(gm, {n.name for n in cands}, stage_nodes))
+
+
+def _backward_bytes(gm: torch.fx.GraphModule, cands: set[str], stage_nodes) -> np.ndarray:
+    """Bytes alive at each stage that no plan changes: gradients accumulated so far and the
+    backward pass's temporaries (every buffer but the candidates'), from the liveness of the
+    joint graph."""
+    lv = analyze(gm)
+    other = [b for b in lv.buffers if b.name.split("[")[0] not in cands]
+    live = profile(other, len(lv.steps))
+    pos = {name: i for i, name in enumerate(lv.steps)}
+    return np.array([live[pos.get(n.name, len(lv.steps) - 1)] for n in stage_nodes],
+                    dtype=np.int64)

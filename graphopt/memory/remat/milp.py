@@ -8,16 +8,22 @@ backward nodes that read forward values, which keeps the model small:
 * a stage's reads are present: ``S[t,v] + R[t,v] >= 1``;
 * recomputing needs the inputs at the same stage: ``R[t,v] <= S[t,u] + R[t,u]``;
 * a value is held only if it was held or computed just before: ``S[t+1,v] <= S[t,v] + R[t,v]``;
-* a value is saved or recomputed at most once (``S[0,v] + sum_t R[t,v] <= 1``), so every plan
-  is one the graph rewrite can place; views and tuples are never held;
+* a value may be recomputed at several stages, saved or not: each ``R[t,v] = 1`` starts a
+  segment (segment checkpointing, see :mod:`graphopt.memory.remat.problem`), which the graph
+  rewrite places as a fresh copy; a saved value dropped after its early reads (``S`` falls to
+  0) and recomputed later is the accounting's saved value with later segments; views and
+  tuples are never held;
 * the bytes fit while each stage recomputes, value by value in topological order ``k``:
   ``sum_v hold_v S[t,v] + sum_{j<=k} work_j R[t,j] - sum_{j<k} work_j D[t,j,k] <= budget``,
   where ``D[t,j,k]`` (continuous, Checkmate's FREE) may be 1 only if ``j`` was recomputed at
   ``t``, is not read by stage ``t`` itself, is not held into ``t+1`` and no value ``>= k``
   recomputed at ``t`` reads it (a tuple op's buffer, only once its recomputed outputs are free);
 
-minimising ``sum cost_v R[t,v]``. These are the shared accounting's rules
-(:mod:`graphopt.memory.remat.problem`), so the plan it returns costs at most the MILP's objective there.
+minimising ``sum cost_v R[t,v]``, every segment paying for its recomputation (free pointwise
+values cost 0; a vanishing charge per held byte-stage then prefers recomputing them). These are
+the shared accounting's rules (:mod:`graphopt.memory.remat.problem`), and the accounting frees
+a value at the end of each segment where the MILP may hold it longer, so the plan it returns
+holds at most what the MILP counted and costs at most its objective.
 ``scipy.optimize.milp`` runs HiGHS with a time limit; the reply carries HiGHS's status and gap.
 
 Size: ``2 * C * T`` binaries at most, plus ``O(C^2 * T)`` continuous ``D``, for C candidates
@@ -94,10 +100,6 @@ class _Model:
                 if t and (t, v) in S:
                     self.add([(S[t, v], 1), (S.get((t - 1, v)), -1), (R.get((t - 1, v)), -1)],
                              -np.inf, 0)
-            if p.holdable[v] and self.horizon[v] >= 0:
-                terms = [(S.get((0, v)), 1)] + [(R.get((t, v)), 1)
-                                                 for t in range(self.horizon[v] + 1)]
-                self.add(terms, -np.inf, 1)
         for t in range(p.num_stages):
             held = [(S[t, v], float(p.hold[v]) / scale) for v in range(len(p)) if (t, v) in S]
             self._memory_row(held, budget_col, budget)
@@ -172,15 +174,16 @@ class _Model:
                     constraints=LinearConstraint(A, self.lb, self.ub),
                     options={"time_limit": float(time_limit), "disp": False})
 
-    def plan(self, x: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+    def plan(self, x: np.ndarray) -> tuple[np.ndarray, dict[int, tuple[int, ...]]]:
+        """The saved set and every holdable value's segment starts (its stages with R = 1)."""
         p = self.p
         saved = np.array([x[self.S[0, v]] > 0.5 if (0, v) in self.S else False
                           for v in range(len(p))], dtype=bool)
-        at: dict[int, int] = {}
+        at: dict[int, list[int]] = {}
         for (t, v), col in sorted(self.R.items()):
-            if p.holdable[v] and x[col] > 0.5 and v not in at:
-                at[v] = t
-        return saved, at
+            if p.holdable[v] and x[col] > 0.5:
+                at.setdefault(v, []).append(t)
+        return saved, {v: tuple(ts) for v, ts in at.items()}
 
 
 def milp_size(p: RematProblem) -> int:
@@ -210,10 +213,10 @@ def solve_milp(p: RematProblem, budget: int, *, time_limit: float = 10.0) -> Sol
     # Costs in units of the largest, so HiGHS's absolute gap (1e-6) is not a free pass.
     unit = float(p.cost.max(initial=0)) or 1.0
     c = np.zeros(model.nvars)
-    for (t, v), col in model.R.items():
+    for (_, v), col in model.R.items():
         c[col] = p.cost[v] / unit
     # A vanishing charge per held byte-stage keeps holds that help nothing out of the plan.
-    for (t, v), col in model.S.items():
+    for (_, v), col in model.S.items():
         c[col] = 1e-7 * float(p.hold[v]) / model.scale / max(p.num_stages, 1)
     integrality = np.ones(model.nvars)
     integrality[model.continuous] = 0
@@ -240,7 +243,7 @@ def _infeasible(p: RematProblem, budget: int, start: float, time_limit: float) -
     c = np.zeros(model.nvars)
     c[peak_col] = 1.0
     unit = float(p.cost.max(initial=0)) or 1.0
-    for (t, v), col in model.R.items():
+    for (_, v), col in model.R.items():
         c[col] = 1e-6 * p.cost[v] / unit  # among the lowest peaks, the cheapest
     integrality = np.ones(model.nvars)
     integrality[model.continuous] = 0

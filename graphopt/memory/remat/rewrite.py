@@ -3,9 +3,12 @@
 Needs a joint graph, the :class:`~graphopt.memory.remat.problem.RematProblem` built from it and a plan's
 :class:`~graphopt.memory.remat.problem.Evaluation`. For every backward stage, in order, the forward
 values it reads that the plan does not save are replaced by copies of their forward nodes,
-inserted right before the stage (or at the stage the plan chose): a recomputed tensor once,
-where it is first needed, then reused until its last use; a view or tuple op afresh at every
-stage that needs it. The copies are tagged ``is_backward`` and carry ``meta["recompute_of"]``.
+inserted right before the stage (or at the stage the plan chose): a recomputed tensor once per
+segment, where the segment starts, then reused until the segment's last need (a value
+recomputed in several segments gets a fresh copy at each start, so the previous one dies after
+its last reader; a saved value's later segments read copies, so the forward's tensor dies after
+its last read before them); a view or tuple op afresh at every stage that needs it. The copies are tagged
+``is_backward`` and carry ``meta["recompute_of"]``.
 
 Guarantees: the graph computes the same outputs and gradients (the copies are the same pure ops
 on the same values); afterwards the only forward values the backward part reads are the ones the
@@ -41,19 +44,25 @@ def apply_plan(graph, p: RematProblem, ev: Evaluation,
     by_name = {n.name: n for n in fx.nodes}
     cand = {name: i for i, name in enumerate(p.names)}
     at_stage: dict[int, list[int]] = defaultdict(list)
-    for v in ev.recomputed():
-        if p.holdable[v]:
-            at_stage[ev.first[v]].append(v)
+    for v, segs in ev.segments.items():
+        for s, _ in segs:
+            at_stage[s].append(v)
     made: dict[int, torch.fx.Node] = {}
     created: list[torch.fx.Node] = []
 
     for t, stage_name in enumerate(p.stage_names):
         stage = by_name[stage_name]
         local: dict[int, torch.fx.Node] = {}
+        for v in at_stage.get(t, ()):
+            made.pop(v, None)  # a new segment: a fresh copy (the last one dies after its reads)
 
-        def value(v: int) -> torch.fx.Node:
+        def kept(u: int, t: int = t) -> bool:
+            """Whether the forward's own copy of ``u`` serves stage ``t``."""
+            return ev.state[u] == SAVED and t <= ev.kept[u]
+
+        def value(v: int, local: dict = local, kept=kept) -> torch.fx.Node:
             """The node that holds candidate ``v`` at this stage, creating copies as needed."""
-            if ev.state[v] == SAVED:
+            if kept(v):
                 return by_name[p.names[v]]
             memo = made if p.holdable[v] else local
             if v in memo:
@@ -63,17 +72,17 @@ def apply_plan(graph, p: RematProblem, ev: Evaluation,
             while stack:
                 x, ready = stack.pop()
                 xmemo = made if p.holdable[x] else local
-                if x in xmemo or ev.state[x] == SAVED:
+                if x in xmemo or kept(x):
                     continue
                 orig = by_name[p.names[x]]
                 todo = [cand[a.name] for a in orig.all_input_nodes if a.name in cand]
-                todo = [u for u in todo if ev.state[u] != SAVED
+                todo = [u for u in todo if not kept(u)
                         and u not in (made if p.holdable[u] else local)]
                 if not ready and todo:
                     stack.append((x, True))
                     stack.extend((u, False) for u in todo)
                     continue
-                xmemo[x] = _copy(fx, orig, cand, made, local, by_name, ev, p)
+                xmemo[x] = _copy(fx, orig, cand, made, local, by_name, kept, p)
                 created.append(xmemo[x])
             return memo[v]
 
@@ -94,12 +103,12 @@ def apply_plan(graph, p: RematProblem, ev: Evaluation,
     return [n.name for n in created]
 
 
-def _copy(fx: torch.fx.Graph, orig: torch.fx.Node, cand, made, local, by_name, ev, p):
+def _copy(fx: torch.fx.Graph, orig: torch.fx.Node, cand, made, local, by_name, kept, p):
     def arg(a: torch.fx.Node) -> torch.fx.Node:
         if a.name not in cand:
             return a
         u = cand[a.name]
-        if ev.state[u] == SAVED:
+        if kept(u):
             return by_name[a.name]
         return (made if p.holdable[u] else local)[u]
 

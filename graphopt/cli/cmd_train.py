@@ -1,0 +1,277 @@
+"""``graphopt train MODEL --pp P [--dp D]``: train the pipeline plan on torch.distributed.
+
+Captures MODEL at the micro-batch size (global batch / (microbatches x dp)), partitions the
+training step into ``P x v`` stages (or reads ``--plan``; ``--config parallel.json`` takes the
+planner's chosen configuration), lowers them to ``torch.distributed.pipelining`` stages and
+trains ``--steps`` steps on ``P x D`` processes it launches (gloo on CPU, NCCL with a GPU per
+rank), or as ranks of a ``torchrun`` job. Prints each step's loss and time, the measured step
+time and throughput beside the cost model's estimate, and writes ``DIR/train.json`` (schema
+``graphopt.train/1``), ``DIR/train_timeline.svg`` and ``DIR/train_trace.json`` (Perfetto).
+``--check`` trains the same steps in one process and exits 1 unless every loss and final weight
+agrees within ``--rtol``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from graphopt import units
+from graphopt.cli.common import (
+    add_device_args,
+    add_model_args,
+    add_out_arg,
+    device_from,
+    output_dir,
+    positive_int,
+    progress_from,
+)
+from graphopt.cost import LINKS
+from graphopt.errors import GraphoptError, PlanError
+from graphopt.progress import Progress
+
+ORDER = 27
+_CONFIG_SCHEMA = "graphopt.parallel/1"
+
+
+def register(sub) -> None:
+    from graphopt.distributed.job import DP_WRAPPERS, LOWERINGS, OPTIMIZERS
+    from graphopt.distributed.schedule import SCHEDULES
+    p = sub.add_parser("train", help="train the pipeline plan on P x D processes "
+                       "(torch.distributed.pipelining + DDP/FSDP2)",
+                       description="Partition MODEL's training step into pipeline stages, train "
+                       "it on pp x dp processes with torch.distributed.pipelining and DDP or "
+                       "FSDP2, and report step time, throughput and the bubble beside the cost "
+                       "model's estimate; --check compares with single-process training.")
+    add_model_args(p)
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--pp", type=positive_int, default=None,
+                   help="pipeline ranks (required unless --plan or --config gives it)")
+    g.add_argument("--dp", type=positive_int, default=None, help="data-parallel replicas "
+                   "(default 1); the batch is split by dp rank")
+    g.add_argument("--schedule", choices=SCHEDULES, default=None, help="pipeline schedule "
+                   "(default 1f1b); interleaved and zero-bubble run 2 stages per rank")
+    g.add_argument("--stages-per-rank", type=positive_int, default=None, metavar="V",
+                   help="stages per rank for --schedule interleaved (default 2)")
+    g.add_argument("--microbatches", type=positive_int, default=None,
+                   help="micro-batches per step and dp rank (default 4)")
+    g.add_argument("--dp-wrapper", choices=DP_WRAPPERS, default="ddp", help="how each stage is "
+                   "replicated over dp: ddp (default: one all-reduce per step, whole weights "
+                   "per rank) or fsdp (FSDP2: weights sharded, gathered per micro-batch)")
+    g.add_argument("--lowering", choices=LOWERINGS, default="relay", help="relay (default: "
+                   "every schedule; a value for a later stage passes through the stages between) "
+                   "or direct (GPipe only: sent straight to each consumer stage)")
+    g.add_argument("--plan", default=None, metavar="FILE", help="a partition.json (pipeline "
+                   "mode, P x V parts, made for this model and micro-batch shape)")
+    g.add_argument("--config", default=None, metavar="FILE", help="a parallel.json from "
+                   "graphopt plan: train its chosen dp, pp, schedule and micro-batches")
+    g.add_argument("--memory-cap", default=None, metavar="BYTES", help="memory per rank for "
+                   "weights, gradients, optimizer state and in-flight activations, e.g. 2GiB; "
+                   "a plan that does not fit is refused before anything starts")
+    g.add_argument("--imbalance", type=float, default=0.03,
+                   help="allowed max stage work / (total / stages) - 1 (default 0.03)")
+    g.add_argument("--link", choices=sorted(LINKS), default=None,
+                   help="link model for the estimate (default: by device)")
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=positive_int, default=2, help="training steps (default 2)")
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                   help="sgd (default) or adamw")
+    t.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    t.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    t.add_argument("--check", action="store_true", help="also train in one process; exit 1 "
+                   "unless every step's loss and every final weight agree within --rtol")
+    t.add_argument("--rtol", type=float, default=1e-5, help="relative error --check accepts "
+                   "(default 1e-5)")
+    t.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="limit for the whole run; a rank that fails or hangs stops the others "
+                   "(default 600)")
+    t.add_argument("--threads", type=positive_int, default=None,
+                   help="intra-op threads per process (default: cores / processes)")
+    add_device_args(p, default="cpu", prices="stages for the partition and the estimate")
+    add_out_arg(p, "train.json, train_timeline.svg and train_trace.json")
+    p.set_defaults(func=run)
+
+
+def read_config(path: str) -> dict:
+    """The ``chosen`` configuration of a ``graphopt.parallel/1`` file, checked."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise PlanError(f"--config {path}: cannot read it: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"--config {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict) or data.get("schema") != _CONFIG_SCHEMA:
+        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise PlanError(f"--config {path}: schema is {got!r}, expected {_CONFIG_SCHEMA!r}")
+    chosen = data.get("chosen")
+    if not isinstance(chosen, dict):
+        raise PlanError(f"--config {path}: no 'chosen' configuration (graphopt plan found none "
+                        "that fits?)")
+    for key in ("dp", "pp", "microbatches"):
+        v = chosen.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise PlanError(f"--config {path}: chosen {key} must be a positive integer, got {v!r}")
+    from graphopt.distributed.schedule import SCHEDULES
+    if chosen.get("schedule") not in SCHEDULES:
+        raise PlanError(f"--config {path}: chosen schedule {chosen.get('schedule')!r} is not one "
+                        f"of {', '.join(SCHEDULES)}")
+    budget = chosen.get("memory_budget")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
+        raise PlanError(f"--config {path}: memory_budget must be null or a number, got {budget!r}")
+    return chosen
+
+
+def _merge(args, key: str, value, default):
+    """A CLI flag agrees with the config (or the plan), or is taken from it."""
+    mine = getattr(args, key)
+    if value is None:
+        return default if mine is None else mine
+    if mine is not None and mine != value:
+        raise PlanError(f"--{key.replace('_', '-')} {mine} disagrees with the configuration's "
+                        f"{value}")
+    return value
+
+
+def _config(args):
+    from graphopt.distributed.job import TrainConfig
+    from graphopt.distributed.schedule import stages_per_rank
+    chosen = read_config(args.config) if args.config else {}
+    if args.plan and args.config:
+        raise PlanError("give --plan or --config, not both")
+    schedule = _merge(args, "schedule", chosen.get("schedule"), "1f1b")
+    v = stages_per_rank(schedule, args.stages_per_rank)
+    pp = _merge(args, "pp", chosen.get("pp"), None)
+    plan = None
+    if args.plan:
+        from graphopt.partition.plan import Partition
+        plan = Partition.from_json(Path(args.plan))
+        if pp is None:
+            if plan.k % v:
+                raise PlanError(f"{args.plan} has {plan.k} parts, not a multiple of the {v} "
+                                f"stages per rank of --schedule {schedule}")
+            pp = plan.k // v
+    if pp is None:
+        raise PlanError("give --pp P (pipeline ranks), --plan partition.json or --config "
+                        "parallel.json")
+    for name in ("lr", "rtol", "timeout", "imbalance"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise GraphoptError(f"--{name} must be a positive number, got {value:g}")
+    cfg = TrainConfig(pp=pp, dp=_merge(args, "dp", chosen.get("dp"), 1), schedule=schedule,
+                      microbatches=_merge(args, "microbatches", chosen.get("microbatches"), 4),
+                      steps=args.steps, optimizer=args.optimizer, lr=args.lr,
+                      momentum=args.momentum, dp_wrapper=args.dp_wrapper, virtual=v,
+                      seed=args.seed, timeout_s=args.timeout, lowering=args.lowering)
+    cfg.validate()
+    return cfg, plan, chosen.get("memory_budget")
+
+
+def run(args) -> int:
+    from graphopt.distributed.launch import WorkerError, under_torchrun
+    from graphopt.distributed.schedule import check_schedule
+    from graphopt.distributed.train_cost import estimate_step
+    from graphopt.distributed.trainer import make_job, prepare_model, run_job
+    from graphopt.specs import load_spec, parse_overrides
+    cfg, plan, budget = _config(args)
+    check_schedule(cfg.schedule, cfg.pp, cfg.virtual, cfg.microbatches)
+    cap = units.parse_bytes(args.memory_cap, option="--memory-cap") if args.memory_cap else None
+    device = device_from(args)
+    rank0 = not under_torchrun() or os.environ.get("RANK", "0") == "0"
+    progress = progress_from(args) if rank0 else Progress(False)
+    with output_dir(args.out) as out:
+        with progress.step(f"loading {args.model}"):
+            loaded = load_spec(args.model, overrides=parse_overrides(args.overrides),
+                               batch=args.batch, seq=args.seq, image_size=args.image_size,
+                               seed=args.seed)
+        with progress.step(f"capturing {args.model} at the micro-batch size"):
+            prep = prepare_model(loaded, cfg, capture_mode=args.capture)
+        with progress.step(f"planning {cfg.stages} stages"):
+            job, info = make_job(prep, cfg, plan=plan, memory_cap=cap, device=device,
+                                 link=args.link, imbalance=args.imbalance)
+        estimate = estimate_step(info.plan, job.lowered, prep.graph, schedule=cfg.schedule,
+                                 pp=cfg.pp, v=cfg.virtual, microbatches=cfg.microbatches,
+                                 dp=cfg.dp, device=device, link=args.link,
+                                 placement=job.placement, optimizer=cfg.optimizer,
+                                 momentum=cfg.momentum)
+        try:
+            with progress.step(f"training on {cfg.world_size} processes"):
+                trained = run_job(job, threads=args.threads)
+        except WorkerError as exc:
+            print(f"graphopt: error: {exc}", file=sys.stderr)
+            return 1
+        if trained is None:          # a torchrun rank other than 0: rank 0 reports
+            return 0
+        check = None
+        if args.check:
+            from graphopt.distributed.reference import compare_runs, reference_training
+            with progress.step("training the same steps in one process"):
+                ref = reference_training(job, model=prep.model, in_spec=prep.in_spec,
+                                         graph=prep.graph)
+            check = compare_runs(trained.losses, trained.params, ref, rtol=args.rtol)
+        return _report(args, out, job, info, trained, estimate, check, budget)
+
+
+def _report(args, out: Path, job, info, trained, estimate, check, budget) -> int:
+    from graphopt.distributed.timeline import write_chrome_trace, write_timeline_picture
+    from graphopt.distributed.trainer import train_report
+    from graphopt.export import write_atomic
+    cfg = job.config
+    doc = train_report(job, info, trained, estimate, check)
+    doc["memory_budget"] = budget
+    write_atomic(out / "train.json", json.dumps(_finite(doc), indent=1, default=_plain) + "\n")
+    step = trained.step_seconds[trained.timed_step]
+    title = (f"{job.model}: pp {cfg.pp} x dp {cfg.dp}, {cfg.schedule}, {cfg.microbatches} "
+             f"micro-batches; step {trained.timed_step}: {step * 1e3:.1f} ms, measured bubble "
+             f"{doc['measured']['bubble']:.0%}")
+    pic = write_timeline_picture(out / "train_timeline.svg", trained.events, step, title=title)
+    trace = write_chrome_trace(out / "train_trace.json", trained.events, step, title=title)
+    for row in doc["steps"]:
+        print(f"step {row['step']}: loss {row['loss']:.6g}, {row['seconds'] * 1e3:.1f} ms")
+    m, e = doc["measured"], doc["estimated"]
+    print(f"train: {job.model} on pp {cfg.pp} x dp {cfg.dp} = {cfg.world_size} processes, "
+          f"{cfg.schedule}, {cfg.microbatches} micro-batches of {job.micro}, {cfg.optimizer}; "
+          f"plan {info.plan.method}; loss: {job.loss.describe()}")
+    print(f"measured: {m['step_seconds'] * 1e3:.2f} ms per step (median after the first), "
+          f"{m['samples_per_second']:.1f} samples/s, bubble {m['bubble']:.0%}; "
+          f"{doc['comm_bytes_per_step']:,} bytes between stages per step")
+    ratio = m["step_seconds"] / e["step_seconds"] if e["step_seconds"] > 0 else math.inf
+    print(f"estimated ({estimate['method'].rsplit('.', 1)[-1]}, {estimate['device']}): "
+          f"{e['step_seconds'] * 1e3:.3f} ms per step, bubble {e['bubble']:.0%}; "
+          f"measured/estimated {ratio:.2f}x")
+    if getattr(args, "device_spec", None) is None:
+        print(f"note: the estimate prices the {estimate['device']!r} preset; `graphopt "
+              "calibrate` measures this machine, and --device-spec FILE uses it")
+    if budget is not None:
+        print(f"note: the configuration's memory_budget {budget} is recorded; training here "
+              "does not rematerialize activations")
+    for path in (out / "train.json", pic, trace):
+        print(f"wrote {path}")
+    if check is None:
+        return 0
+    print(f"check against {check['reference']}: max loss relative error "
+          f"{check['max_loss_rel_err']:.3g}, max parameter relative error "
+          f"{check['max_param_rel_err']:.3g} ({check['worst_param']}), tolerance "
+          f"{check['rtol']:g}: {'match' if check['ok'] else 'MISMATCH'}")
+    return 0 if check["ok"] else 1
+
+
+def _finite(x):
+    """JSON has no infinity or NaN: an error that is not a number is written as null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _plain(x):
+    import numpy as np
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")

@@ -1,0 +1,112 @@
+"""Which plan to keep: the one ranking rule every comparison of plans goes through.
+
+Plans are compared by the bytes they send. Time overrides that only where the slowest stage's
+*work* (roofline compute plus transfer bytes over bandwidth, :attr:`Metrics.bottleneck_work`)
+exceeds the least by more than ``time_slack`` (10% by default) of the fastest plan's stage time.
+The fixed costs, each kernel's launch and each message's latency, count in that stage time but
+not in the difference: they measure how kernels are launched (fusion and CUDA graphs remove most
+of them), not the plan's work, and on a small model they would decide every comparison: a plan
+that sends 4.4x fewer bytes must not lose over a 4% difference made of launches, nor an FFN block
+cut into token blocks over the kernels each block launches again. On a large model work is
+nearly all of the time and the rule is a plain 10% threshold. Bytes are exact. So, among the
+plans that meet the balance asked for (all of them when none does):
+
+* ``volume`` (the default): the plans within the threshold count as equally fast; among those,
+  fewest bytes, then the simpler plan (fewer cut blocks), then the faster by the full estimate;
+* ``time``: the fastest plan by the full estimate (fixed costs included); bytes, then
+  simplicity, break exact ties.
+
+The search ranks its candidates with it, and ``partition_graph`` ranks the plans of the graph as
+written and of each way of cutting it with it too. :func:`choice_notes` says in the plan's notes
+when the rule kept a plan that sends more than another one, with both plans' numbers.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence, TypeVar
+
+from graphopt.partition.metrics import Metrics
+
+__all__ = ["TIME_SLACK", "OBJECTIVES", "best_plan", "choice_notes"]
+
+T = TypeVar("T")
+
+TIME_SLACK = 0.10
+OBJECTIVES = ("volume", "time")
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f} us"
+
+
+def best_plan(pool: Sequence[T], metrics_of: Callable[[T], Metrics], objective: str = "volume",
+              time_slack: float = TIME_SLACK, *, admissible: Callable[[T], bool] | None = None,
+              simplicity: Callable[[T], float] | None = None) -> T:
+    """The plan the rule keeps from ``pool`` (see the module docstring).
+
+    Args:
+        metrics_of: a plan's recomputed metrics (bytes and slowest stage).
+        admissible: whether a plan meets the balance asked for; when some do, only they compete.
+        simplicity: lower is simpler (e.g. the number of cut blocks); breaks ties on bytes.
+
+    Example:
+        >>> best = best_plan(candidates, lambda c: c.metrics, "volume", 0.10)
+    """
+    if not pool:
+        raise ValueError("no plan to choose from")
+    if admissible is not None and any(admissible(c) for c in pool):
+        pool = [c for c in pool if admissible(c)]
+    simple = simplicity or (lambda c: 0.0)
+    if objective == "volume":
+        least = min(metrics_of(c).bottleneck_work for c in pool)
+        scale = min(metrics_of(c).bottleneck_seconds for c in pool)
+        near = [c for c in pool if metrics_of(c).bottleneck_work - least <=
+                time_slack * max(scale, least) * (1 + 1e-12) + 1e-15]
+        return min(near, key=lambda c: (metrics_of(c).comm_bytes, simple(c),
+                                        metrics_of(c).bottleneck_seconds))
+    return min(pool, key=lambda c: (metrics_of(c).bottleneck_seconds, metrics_of(c).comm_bytes,
+                                    simple(c)))
+
+
+def _times(m: Metrics) -> str:
+    return f"slowest stage {_us(m.bottleneck_seconds)}, work {_us(m.bottleneck_work)}"
+
+
+def choice_notes(kept: Metrics, fewest: Metrics | None, equal: Metrics | None, *,
+                 objective: str, time_slack: float, imbalance: float,
+                 equal_admissible: bool, fastest: Metrics | None = None) -> list[str]:
+    """What the plan's notes say about the choice.
+
+    Args:
+        kept: the chosen plan.
+        fewest: the admissible plan that sends the fewest bytes (``None``: not known).
+        fastest: the admissible plan with the fastest full estimate (``None``: not known).
+        equal: the equal-FLOPs contiguous split of the model as written.
+        imbalance: the balance tolerance the plan was held to.
+        equal_admissible: whether the equal split meets that tolerance (and the memory cap).
+    """
+    notes = []
+    if fewest is not None and fewest.comm_bytes < kept.comm_bytes:
+        why = (f"its work exceeds the least by more than {time_slack:.0%} of the fastest "
+               "plan's stage time" if objective == "volume"
+               else "slower (objective time keeps the fastest)")
+        notes.append(f"a plan sending {fewest.comm_bytes:,} B ({_times(fewest)}) exists but "
+                     f"{why}; kept {kept.comm_bytes:,} B ({_times(kept)})")
+    if equal is not None and kept.comm_bytes > equal.comm_bytes:
+        if not equal_admissible:
+            why = (f"that split is {equal.imbalance:.1%} out of balance (tolerance "
+                   f"{imbalance:.1%}); this plan's imbalance is {kept.imbalance:.1%}, bought "
+                   "with the extra bytes")
+        elif objective == "volume":
+            why = (f"that split's work exceeds this plan's by more than {time_slack:.0%} of "
+                   f"its stage time ({_times(equal)} vs {_times(kept)})")
+        else:
+            why = f"this plan is faster ({_times(kept)} vs {_times(equal)}; objective time)"
+        notes.append(f"sends {kept.comm_bytes:,} B, more than the equal-FLOPs split's "
+                     f"{equal.comm_bytes:,} B: {why}")
+    if fastest is not None and objective == "volume" and \
+            kept.bottleneck_seconds > fastest.bottleneck_seconds * (1 + time_slack):
+        notes.append(f"the fastest plan by the full estimate sends {fastest.comm_bytes:,} B "
+                     f"({_times(fastest)}); this one's {_times(kept)} differs in fixed costs "
+                     "(kernel launches, message latency), which fusion and CUDA graphs "
+                     "amortize, so its bytes decide")
+    return notes
