@@ -1,26 +1,23 @@
 """Memory benchmark: measured peak and step time of training steps under a memory budget, planner
 quality, planner speed.
 
-1. **Measured peak**, side by side, on two training steps: a residual MLP with LayerNorm and GELU
-   (12 blocks, 16 MiB hidden activations) and a small Llama from transformers (random weights,
-   language-model loss). Every configuration runs in a fresh process with
-   ``MALLOC_MMAP_THRESHOLD_=65536`` (freed tensors go back to the OS): one eager step gives the
-   reference gradients, two compiled warm-up steps follow (compilation included), then the
-   high-water mark is reset by writing ``5`` to ``/proc/self/clear_refs``, one step runs, and the
-   peak is ``VmHWM`` minus the ``VmRSS`` before the step (``/proc/self/status``). The step's
-   gradients are compared with the eager ones (largest relative error over the parameters).
-   Configurations: ``aot_eager`` (in this torch, PyTorch's min-cut partitioner at its default
-   budget 1.0); graphopt with ``memory_budget`` B; the min-cut partitioner with
+1. **Measured peak** of a residual MLP with LayerNorm and GELU (12 blocks, 16 MiB hidden
+   activations) and of a small Llama from transformers (random weights, language-model loss).
+   Each configuration runs in a fresh process with ``MALLOC_MMAP_THRESHOLD_=65536`` (freed
+   tensors go back to the OS): an eager step gives the reference gradients, two compiled warm-up
+   steps follow, then ``5`` written to ``/proc/self/clear_refs`` resets the high-water mark, one
+   step runs, and the peak is ``VmHWM`` minus the ``VmRSS`` before it; its gradients are compared
+   with the eager ones. Configurations: ``aot_eager`` (in this torch, the min-cut partitioner at
+   its default budget 1.0); graphopt with ``memory_budget`` B; the min-cut partitioner with
    ``torch._functorch.config.activation_memory_budget`` B; ``torch.utils.checkpoint`` around
-   every block (eager), for B in 1.0, 0.75, 0.5, 0.25, 0.1. Step time: the configurations are
-   compiled in one process and stepped round-robin, so the machine's load falls on all alike;
-   the ratio to aot_eager is the median of the per-round ratios. graphopt's predicted peak comes
-   from the plan it dumps. The goals are checked and printed as PASS/FAIL lines.
+   every block (eager); B in 1.0, 0.75, 0.5, 0.25, 0.1. Step time: configurations compiled in one
+   process and stepped round-robin (the machine's load falls on all alike); the ratio to
+   aot_eager is the median of the per-round ratios. The goals print as PASS/FAIL lines.
 2. **Planner quality**: the fast solver's recompute cost against the exact MILP's on joint graphs
    of small models and on random problems, at budgets 0.75 and 0.5.
 3. **Planner speed**: the fast solver on a ~10k-node joint graph.
 
-    python bench/memory.py                        # all three (~10 min on 2 cores): results/memory.md
+    python bench/memory.py                        # all three; writes results/memory.md
     python bench/memory.py --sections measured --models mlp
 """
 from __future__ import annotations
@@ -33,6 +30,7 @@ import inspect
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -63,14 +61,14 @@ def configs() -> list[str]:
 # -- 1. measured peak (one configuration per process) -------------------------------------------
 
 def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field))
+    return int(line.split()[1]) * 1024  # kB
 
 
 def build(model: str, args):
-    """``(module, loss(fn), checkpointed module)`` of a benchmark model, random weights."""
+    """``(module, loss(fn), checkpointed module)`` of a benchmark model, random weights. The
+    Llama module returns its loss only: compiled whole, a step that also returned the logits
+    would get a zero cotangent for them (8 MiB here) that no eager step allocates."""
     from torch import nn
     from torch.utils.checkpoint import checkpoint
 
@@ -96,11 +94,19 @@ def build(model: str, args):
                                    num_hidden_layers=6, num_attention_heads=4,
                                    num_key_value_heads=4, max_position_embeddings=args.seq,
                                    use_cache=False, attn_implementation="sdpa")
-    net = transformers.LlamaForCausalLM(cfg).train()
+    class LossOnly(nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids):
+            return self.lm(input_ids=ids, labels=ids).loss
+
+    lm = transformers.LlamaForCausalLM(cfg).train()
     ids = torch.randint(0, cfg.vocab_size, (args.seqs, args.seq))
-    wrapped = copy.deepcopy(net)
-    wrapped.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return net, lambda fn: fn(input_ids=ids, labels=ids).loss, wrapped
+    ckpt = copy.deepcopy(lm)
+    ckpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return LossOnly(lm), lambda fn: fn(ids), LossOnly(ckpt)
 
 
 def describe(model: str, args) -> str:
@@ -182,16 +188,19 @@ def _model_args(args) -> list[str]:
             "--seqs", str(args.seqs)]
 
 
+def _run(cmd: list[str], env=None) -> dict:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{' '.join(cmd[2:])} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measured(args) -> tuple[list[dict], list[str], list[str]]:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     rows = []
     for config in configs():
-        cmd = [sys.executable, __file__, "--worker", config, *_model_args(args)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"{args.model} {config} failed")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(_run([sys.executable, __file__, "--worker", config, *_model_args(args)], env))
         print(f"  {args.model} {config:16s} peak {rows[-1]['peak'] / MiB:8.1f} MiB", file=sys.stderr,
               flush=True)
     steps = timing(args)
@@ -214,20 +223,15 @@ def measured(args) -> tuple[list[dict], list[str], list[str]]:
 def timing(args) -> dict[str, tuple[float, float]]:
     """Step time, round-robin in one process (plain allocator), so the load the machine
     carries falls on every configuration alike: (median, median ratio to aot_eager)."""
-    cmd = [sys.executable, __file__, "--timing", *_model_args(args), "--steps", str(args.steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit("timing failed")
-    return {k: tuple(v) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+    out = _run([sys.executable, __file__, "--timing", *_model_args(args), "--steps", str(args.steps)])
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def timing_worker(args) -> None:
     import torch._dynamo
     warnings.filterwarnings("ignore")
-    torch._dynamo.config.cache_size_limit = 64
-    if hasattr(torch._dynamo.config, "recompile_limit"):
-        torch._dynamo.config.recompile_limit = 64
+    for limit in ("cache_size_limit", "recompile_limit"):  # one compile per configuration
+        setattr(torch._dynamo.config, limit, 64)
     runs = {}
     for config in TIMED:
         net, loss, wrapped = build(args.model, args)
@@ -335,16 +339,13 @@ def quality(args) -> list[str]:
     from graphopt.memory.remat.milp import milp_size, solve_milp
 
     torch.manual_seed(0)
-    graphs = {
-        "Linear-GELU-Linear": (nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)),
-                               torch.randn(64, 64)),
-        "MLP 4 layers": (zoo.MLP(sizes=(64, 128, 128, 128, 10)), torch.randn(64, 64)),
-        "ResidualMLP depth 1": (zoo.ResidualMLP(64, 1, 256), torch.randn(64, 64)),
-        "ResidualMLP depth 2": (zoo.ResidualMLP(64, 2, 256), torch.randn(64, 64)),
-        "ResidualMLP depth 4": (zoo.ResidualMLP(64, 4, 256), torch.randn(64, 64)),
-        "SmallCNN (eval-mode batch norm)": (zoo.SmallCNN(channels=8).eval(),
-                                            torch.randn(2, 3, 16, 16)),
-    }
+    x = torch.randn(64, 64)
+    graphs = {"Linear-GELU-Linear": (nn.Sequential(nn.Linear(64, 256), nn.GELU(),
+                                                   nn.Linear(256, 64)), x),
+              "MLP 4 layers": (zoo.MLP(sizes=(64, 128, 128, 128, 10)), x),
+              **{f"ResidualMLP depth {d}": (zoo.ResidualMLP(64, d, 256), x) for d in (1, 2, 4)},
+              "SmallCNN (eval-mode batch norm)": (zoo.SmallCNN(channels=8).eval(),
+                                                  torch.randn(2, 3, 16, 16))}
     lines = ["| graph | joint nodes | candidates / stages | MILP binaries | budget | exact cost (us) "
              "| fast cost (us) | fast / exact | MILP status, gap, s | fast s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
@@ -367,9 +368,7 @@ def quality(args) -> list[str]:
                          f"{frac} | {e * 1e6:.3f} | {f * 1e6:.3f} | {ratio:.3f} | {exact.status}, "
                          f"{(exact.gap or 0):.1e}, {exact.seconds:.2f} | {fast.seconds:.3f} |")
     worst_graph = max(ratios)
-    rng = np.random.default_rng(0)
-    rand = {0.75: [], 0.5: []}
-    missed = {0.75: 0, 0.5: 0}
+    rng, rand, missed = np.random.default_rng(0), {0.75: [], 0.5: []}, {0.75: 0, 0.5: 0}
     for _ in range(args.random):
         p = random_problem(rng, int(rng.integers(15, 40)), int(rng.integers(5, 15)))
         base = p.saved_bytes(p.default_saved())
@@ -406,9 +405,7 @@ def speed(args) -> list[str]:
     start = time.perf_counter()
     joint = capture_joint(graphopt.capture(model, (x,)), (x,))
     capture_s = time.perf_counter() - start
-    def timed(fn):
-        """(CPU seconds, wall seconds, result): on a shared machine the planner's own work is
-        its CPU time; the wall time also counts the other jobs' share of the cores."""
+    def timed(fn):  # CPU time is the planner's own work; wall time counts the machine's load
         c, w = time.process_time(), time.perf_counter()
         out = fn()
         return time.process_time() - c, time.perf_counter() - w, out
@@ -487,7 +484,10 @@ def main() -> None:
         lines = speed(args)
         md += ["## Planner speed on a 10k-node graph", "", *lines, ""]
         print("\n".join(lines))
-    md.append(f"Total run time: {time.perf_counter() - start:.0f} s.")
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF,
+              resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
+    md.append(f"Total run time: {time.perf_counter() - start:.0f} s wall, {cpu:.0f} s CPU "
+              f"(all processes; the load average was {os.getloadavg()[0]:.1f} at the end).")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(md) + "\n")

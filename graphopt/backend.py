@@ -62,7 +62,7 @@ class BackendOptions:
     dump_dir: str | None = None
 
     @classmethod
-    def parse(cls, options: dict | None) -> "BackendOptions":
+    def parse(cls, options: dict | None) -> BackendOptions:
         options = dict(options or {})
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(options) - set(known))

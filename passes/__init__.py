@@ -35,5 +35,5 @@ __all__ = ["PASSES", "DumpInstrument", "Instrument", "LogInstrument", "OptionErr
            "PassManager", "PassRecord", "PassResult", "TimingInstrument", "check_invariants",
            "debug_level", "get_pass", "register_pass",
            # the passes
-           "annotate_costs", "decompose_ops", "eliminate_dead_code", "fuse_ops", "outline_groups", "partition_graph", "plan_memory", "rematerialize",
-           "split_ops"]
+           "annotate_costs", "decompose_ops", "eliminate_dead_code", "fuse_ops", "outline_groups",
+           "partition_graph", "plan_memory", "rematerialize", "split_ops"]

@@ -53,7 +53,7 @@ def outline(gm: torch.fx.GraphModule, name: str, nodes: list[torch.fx.Node],
     call.meta["val"] = tuple(o.meta.get("val") for o in outputs)
     getters = []
     with graph.inserting_after(call):
-        for i, out in enumerate(outputs):
+        for i in range(len(outputs)):
             getters.append(graph.call_function(operator.getitem, (call, i)))
     for out, get in zip(outputs, getters):
         get.meta["val"] = out.meta.get("val")

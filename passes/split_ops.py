@@ -26,10 +26,9 @@ O(V) plus O(new nodes) fake-tensor ops.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal
-
-import contextlib
 
 import torch
 import torch.fx
@@ -37,9 +36,9 @@ import torch.utils._pytree as pytree
 
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
-from graphopt.passes.infra import PassContext, PassResult, register_pass
 from graphopt.partition.rowwise import SHAPE_ARG
 from graphopt.partition.split_plan import Cut, cuts_from_dicts, node_split_kind, plan_splits
+from graphopt.passes.infra import PassContext, PassResult, register_pass
 
 __all__ = ["split_ops", "apply_splits", "cut_like"]
 

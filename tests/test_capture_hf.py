@@ -30,7 +30,7 @@ def _outputs(out):
 def test_transformers_model_captures_and_matches(spec):
     loaded = load_spec(spec, **SMALL[spec])
     model, inputs = loaded.model, loaded.inputs
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - any failure: the reason varies by model
         torch.fx.symbolic_trace(model)  # why capture goes through torch.export
     g = graphopt.capture(model, inputs, name=spec)
     assert g.capture_mode == "export" and len(g.compute_nodes()) > 20

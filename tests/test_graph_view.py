@@ -25,7 +25,7 @@ def test_networkx_view_mirrors_the_graph(graph):
     attrs = G.nodes[some.name]
     assert attrs["flops"] == some.flops > 0 and attrs["out_bytes"] == some.out_bytes
     assert attrs["shape"] == some.shape
-    for src, dst, data in G.edges(data=True):
+    for src, _dst, data in G.edges(data=True):
         assert data["bytes"] == graph[src].out_bytes
     # topological order agrees with fx order
     order = {n: i for i, n in enumerate(i.name for i in graph.nodes())}

@@ -4,7 +4,8 @@ Writes ``DIR/partition.json`` (schema ``graphopt.partition/1``) and the pictures
 ``--format``: ``partition.dot`` / ``.svg`` (one colour per part, parts boxed, cut edges red and
 labelled with their bytes; SVG needs Graphviz) and ``partition.html`` (self-contained, no
 Graphviz: one column per stage, modules as boxes that open on click, cut edges with their bytes,
-hover a node for its cost). Prints the plan next to the two baselines (equal-FLOPs and optimal contiguous splits).
+hover a node for its cost). Prints the plan next to the two baselines (equal-FLOPs and
+optimal contiguous splits).
 """
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ and writes ``DIR/parallel.json`` (schema ``graphopt.parallel/1``; ``graphopt tra
 trains its ``chosen`` configuration). ``--measure`` trains the ``--measure-top`` best on this
 host and prints measured beside predicted, with the Spearman rank correlation. ``--what-if``
 adds the parameter-server vs all-reduce comparison and the scaling curve over N
-(:mod:`graphopt.distributed.whatif`), as tables, in ``parallel.json`` and as pictures.
+(:mod:`graphopt.distributed.whatif`), as tables, in ``parallel.json`` and as pictures. With a
+``--device-spec`` the training engine's own costs are measured once per machine and N on a
+probe (:mod:`graphopt.distributed.plan_engine`) and added to every prediction.
 """
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ def register(sub) -> None:
     m.add_argument("--measure", action="store_true", help="train the best configurations on "
                    "this host and print measured beside predicted")
     m.add_argument("--measure-top", type=positive_int, default=3, metavar="K",
-                   help="configurations to measure, best predicted first (default 3)")
+                   help="configurations to measure, best predicted first, among those without "
+                   "a memory budget (the runtime does not rematerialize; default 3)")
     m.add_argument("--steps", type=positive_int, default=4,
                    help="training steps per measured configuration (default 4; the median "
                    "after the first is reported)")
@@ -180,10 +183,14 @@ def run(args) -> int:
         extra: dict = {"optimizer": args.optimizer, "seed": args.seed,
                        "engine_overhead": {str(n): e.to_dict() for n, e in costs.engines.items()}}
         if args.measure:
-            from graphopt.distributed.plan_measure import measure, rank_agreement
-            top = result.ranked[:args.measure_top]
-            with progress.step(f"training the best {len(top)} on this host"):
-                measure(costs, top, steps=args.steps, timeout_s=args.timeout)
+            from graphopt.distributed.plan_measure import MeasureError, measure, rank_agreement
+            top = [c for c in result.ranked if c.config.memory_budget is None][:args.measure_top]
+            try:
+                with progress.step(f"training the best {len(top)} on this host"):
+                    measure(costs, top, steps=args.steps, timeout_s=args.timeout)
+            except MeasureError as exc:      # the runtime failed, not the input: exit 1
+                print(f"graphopt: error: {exc}", file=sys.stderr)
+                return 1
             extra["measured"] = rank_agreement(top)
         written = []
         if args.what_if:

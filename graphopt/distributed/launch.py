@@ -16,7 +16,7 @@ a communication error wins.
 
 Under ``torchrun`` (``RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR`` set) :func:`join_torchrun` runs
 the worker in this process and gathers the results on rank 0; a failing rank prints its one line
-and exits 1, and torchrun's agent stops the others.
+and exits 1, and torchrun's launcher stops the others.
 """
 from __future__ import annotations
 

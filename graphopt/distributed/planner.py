@@ -253,6 +253,8 @@ def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:
               "exposed_sync_seconds": est.exposed_sync_seconds,
               "optimizer_seconds": max(opt_s), "samples_per_second": costs.batch / step,
               "memory_per_rank_bytes": [int(m) for m in memory],
+              # the stage imbalance its plan needed: `graphopt train --imbalance` to repeat it
+              "imbalance": costs.imbalance_used.get(config.stages, costs.imbalance),
               "boundary_bytes": [int(b) for b in prof.boundary_bytes]}
     if engine is not None:
         detail["engine"] = {"action_s": engine.action_s, "step_s": engine.step_s,

@@ -2,9 +2,9 @@
 
 Input: each rank's events ``(kind, stage, micro-batch, start, end)`` of one step, seconds from
 the step's start (see :mod:`graphopt.distributed.trace`). Each rank gets a row: forward and
-backward bars labelled ``F3``/``B3`` (micro-batch 3) with the stage index, sends and receive
-waits on a thinner band below, and the time the rank computes nothing drawn as idle, so the
-pipeline's bubble is what you see between the bars.
+backward bars labelled ``F3``/``B3`` (micro-batch 3), the tied-weight gradient sum (``sync``)
+and the optimizer step; sends and receive waits on a thinner band below, and the time the rank
+computes nothing drawn as idle, so the pipeline's bubble is what you see between the bars.
 
 The trace is the JSON ``traceEvents`` format (complete ``"X"`` events in microseconds): one
 process per rank, a ``compute`` and a ``comm`` thread each, idle gaps as their own slices.
@@ -100,10 +100,10 @@ def write_timeline_picture(path: Path, events_by_rank: dict[int, list], step_sec
     ax.set_xlim(0, step_seconds * scale * 1.01)
     ax.set_title(title, fontsize=9)
     legend = [Patch(color=COLORS[k], label=k) for k in
-              ("forward", "backward", "backward-weight", "send", "send-wait", "recv", "optimizer",
-               "idle")]
+              ("forward", "backward", "backward-weight", "send", "send-wait", "recv", "sync",
+               "optimizer", "idle")]
     ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(ranks) < 3
-              else -0.2), ncol=8, fontsize=7, frameon=False)
+              else -0.2), ncol=9, fontsize=7, frameon=False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

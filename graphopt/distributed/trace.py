@@ -2,9 +2,9 @@
 
 The engine's schedules run stage methods (``forward_one_chunk``, ``backward_one_chunk``,
 ``backward_weight_one_chunk``) and post and wait on point-to-point work through three
-module-level helpers of ``torch.distributed.pipelining.schedules`` (``_batch_p2p``,
+module-level functions of ``torch.distributed.pipelining.schedules`` (``_batch_p2p``,
 ``_sorted_batch_p2p``, ``_wait_batch_p2p``). :class:`Recorder` wraps the stage methods of one
-process's stages and swaps those helpers for timed ones (each worker is its own process, so
+process's stages and swaps those functions for timed ones (each worker is its own process, so
 the swap touches no one else), so the timeline shows the engine's real order of work and the
 bytes it really posted. Time blocked in a wait for a receive is the ``recv`` bar: on a pipeline
 that is where the bubble shows. Events are ``(kind, stage, micro-batch, start, end)`` in seconds
@@ -87,7 +87,7 @@ class Recorder:
 
     # -- point-to-point ---------------------------------------------------------------------
     def patch_p2p(self) -> None:
-        """Make this recorder the one the (once) swapped p2p helpers report to."""
+        """Make this recorder the one the (once) swapped p2p functions report to."""
         global _ACTIVE
         _install()
         _ACTIVE = self
@@ -115,7 +115,7 @@ _INSTALLED = False
 
 
 def _install() -> None:
-    """Swap the schedules module's p2p helpers for timed, byte-counting ones, once per process."""
+    """Swap the schedules module's p2p functions for timed, byte-counting ones, once per process."""
     global _INSTALLED
     if _INSTALLED:
         return

@@ -18,11 +18,12 @@ A node whose output depends on no trainable weight has no backward (``b = 0``), 
 class. Checked two ways (``bench/train.py`` prints both): summed over a model, forward plus these
 backward FLOPs are within 6% of the forward+backward graph aot_autograd traces for it (the joint
 graph of :mod:`graphopt.memory.joint`: ratios 1.002 residual MLP, 1.027 GPT-2, 1.055 BERT,
-1.025 ViT, 1.046 ResNet, tiny configs); and as time on this project's 2-core CPU machine (autograd, 1 thread, medians of
-alternating runs), matmul backward/forward came out 1.5-2.8 with both operands differentiable
-and 0.7-1.1 with the weight alone, conv 2.3-2.7, SDPA 2.6-2.9, softmax 1.2-1.8, while
-pointwise ops and layer norm scattered from 1 to 6 from one run to the next: their time is
-memory traffic and per-op overhead on a loaded machine, which FLOP ratios do not describe.
+1.025 ViT, 1.046 ResNet, tiny configs); and as time on this project's 2-core CPU machine
+(autograd, 1 thread, medians of alternating runs), matmul backward/forward came out 1.5-2.8
+with both operands differentiable and 0.7-1.1 with the weight alone, conv 2.3-2.7, SDPA
+2.6-2.9, softmax 1.2-1.8, while pointwise ops and layer norm scattered from 1 to 6 from one run
+to the next: their time is memory traffic and per-op overhead on a loaded machine, which FLOP
+ratios do not describe.
 
 Memory of a pipeline rank: its stages' trainable weights times ``2 + s`` (weights, gradients
 and optimizer state ``s``: SGD 0, SGD with momentum 1, AdamW 2), plus buffers and constants once,

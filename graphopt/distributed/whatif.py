@@ -12,9 +12,10 @@
 :func:`~graphopt.distributed.simulate.parameter_server_seconds`). A ring worker moves less than
 twice what a parameter-server worker does, whatever ``n``, while one server's link carries all
 ``n`` workers' gradients: on this model the ring is faster at every ``n >= 2``, link and size,
-by ``(nα + nmβ) / ((n−1)α + (n−1)mβ/n)``: about 2 at ``n = 2``, growing like ``n/2`` once the
-bytes dominate. Sharding the server over ``n`` endpoints brings it to ``2nα + 2mβ``, within
-``2α + 2mβ/n`` of the ring, at the price of ``n`` server roles. :func:`sync_table` tabulates
+by ``n(α + mβ) / ((n−1)(α + mβ/n))``: 2 to 4 at ``n = 2``, then growing like ``n`` where the
+bytes dominate (large models) and falling towards 1 where the latencies do (small ones).
+Sharding the server over ``n`` endpoints brings it to ``2nα + 2mβ``, within ``2α + 2mβ/n`` of
+the ring, at the price of ``n`` server roles. :func:`sync_table` tabulates
 both as ``n``, the link and the model size vary; :func:`sync_summary` says how the ratio grows.
 
 **Scaling**: the linear scalability model ``C(N) = C(1) + k(N − 1)`` (throughput ``C`` in

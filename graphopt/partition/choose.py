@@ -22,7 +22,8 @@ when the rule kept a plan that sends more than another one, with both plans' num
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from graphopt.partition.metrics import Metrics
 

@@ -103,7 +103,7 @@ class CostGraph:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_graph(cls, graph, device="h100") -> "CostGraph":
+    def from_graph(cls, graph, device="h100") -> CostGraph:
         """Flatten a :class:`~graphopt.graph.Graph`; ``seconds``: roofline times on ``device``."""
         dev = get_device(device)
         infos = graph.nodes()
@@ -172,7 +172,7 @@ class CostGraph:
 
     @classmethod
     def random(cls, n: int, *, degree: float = 2.0, seed: int = 0, param_frac: float = 0.2,
-               span: float = 8.0, long_frac: float = 0.05) -> "CostGraph":
+               span: float = 8.0, long_frac: float = 0.05) -> CostGraph:
         """A synthetic network-shaped DAG (for tests and benchmarks).
 
         Each non-parameter node takes about ``degree`` inputs: mostly recent nodes (distance

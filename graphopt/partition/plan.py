@@ -72,7 +72,7 @@ class Partition:
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
-    def from_search(cls, cg: CostGraph, result, *, model: str, options) -> "Partition":
+    def from_search(cls, cg: CostGraph, result, *, model: str, options) -> Partition:
         """Wrap a :class:`~graphopt.partition.search.SearchResult` for ``cg``."""
         from graphopt.cost import get_link
         from graphopt.partition.search import default_link, ordered_parts
@@ -225,7 +225,7 @@ class Partition:
         return "\n".join(parts) + "\n"
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "Partition":
+    def from_json(cls, text_or_path: str | Path) -> Partition:
         """Read a plan from a path or a JSON string; PlanError says what is malformed."""
         source = "plan"
         text = str(text_or_path)
@@ -244,7 +244,7 @@ class Partition:
         return cls.from_dict(data, source=source)
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "plan") -> "Partition":
+    def from_dict(cls, data: Any, *, source: str = "plan") -> Partition:
         if not isinstance(data, dict):
             raise PlanError(f"{source}: expected a JSON object, got {type(data).__name__}")
         if data.get("schema") != SCHEMA:

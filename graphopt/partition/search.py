@@ -364,21 +364,21 @@ def _choose(run: _Run) -> Candidate | None:
     return min(cands, key=lambda c: (c.metrics.comm_bytes, c.metrics.imbalance))
 
 
-def admissible(result: "SearchResult", mode: str) -> list[Candidate]:
+def admissible(result: SearchResult, mode: str) -> list[Candidate]:
     """The candidates within the budget (and stage-ordered in ``pipeline`` mode)."""
     return [c for c in result.candidates if within_budget(result.cg, c.part, c.metrics,
                                                           result.budget)
             and (mode != "pipeline" or c.metrics.stage_ordered or result.budget.k == 1)]
 
 
-def fewest_bytes(result: "SearchResult", mode: str) -> Candidate | None:
+def fewest_bytes(result: SearchResult, mode: str) -> Candidate | None:
     """The admissible candidate that sends the fewest bytes."""
     return min(admissible(result, mode), key=lambda c: (c.metrics.comm_bytes,
                                                        c.metrics.bottleneck_seconds),
                default=None)
 
 
-def fastest(result: "SearchResult", mode: str) -> Candidate | None:
+def fastest(result: SearchResult, mode: str) -> Candidate | None:
     """The admissible candidate with the fastest full estimate."""
     return min(admissible(result, mode), key=lambda c: (c.metrics.bottleneck_seconds,
                                                        c.metrics.comm_bytes), default=None)

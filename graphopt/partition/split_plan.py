@@ -123,7 +123,7 @@ class _Layout:
     pos: dict
 
     @classmethod
-    def of(cls, graph: Graph) -> "_Layout":
+    def of(cls, graph: Graph) -> _Layout:
         fx = {n.name: n for n in graph.fx_nodes()}
         infos = [i for i in graph.nodes() if not i.is_param]
         nodes = [fx[i.name] for i in infos]
@@ -176,8 +176,8 @@ def _find_region(lay: _Layout, i: int, floor: int, giants: set[int]
             lo -= 1
         # cheapest ends first; among equals the fewest kernels, since every block runs each
         # of the region's kernels once more
-        spans = sorted(((max(lay.cut[a], lay.cut[b + 1]), int(launches[b + 1] - launches[a]),
-                         a, b) for a in range(lo, i + 1) for b in range(i, hi + 1)))
+        spans = sorted((max(lay.cut[a], lay.cut[b + 1]), int(launches[b + 1] - launches[a]),
+                         a, b) for a in range(lo, i + 1) for b in range(i, hi + 1))
         best = None
         for _, _, a, b in spans[:24]:
             reg = ok(a, b)

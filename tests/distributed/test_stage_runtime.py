@@ -2,10 +2,10 @@
 import torch
 
 import graphopt
-from graphopt.passes import PassContext, get_pass
-from graphopt.partition.stages import split_graph
-from graphopt.specs import load_spec
 from graphopt.distributed.stage_runtime import run_pipeline
+from graphopt.partition.stages import split_graph
+from graphopt.passes import PassContext, get_pass
+from graphopt.specs import load_spec
 
 
 def test_two_stage_pipeline_on_two_processes_matches_single_process():

@@ -1,4 +1,4 @@
-"""Tiny models and helpers shared by the training tests (a model spec points at this file)."""
+"""Tiny models and utilities shared by the training tests (a model spec points at this file)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -107,7 +107,7 @@ _PREPARED: dict = {}
 
 
 def prepared(name: str):
-    """``name`` captured at its micro-batch size (batch / 4), once per test session: every
+    """``name`` captured at its micro-batch size (batch / 4), once per test run: every
     configuration here uses microbatches x dp = 4, so they share the graph."""
     if name not in _PREPARED:
         _PREPARED[name] = prepare_model(load(name), TrainConfig(pp=1, microbatches=4))

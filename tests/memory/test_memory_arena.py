@@ -1,6 +1,7 @@
 """The buffer-reuse arena: buffers alive together never overlap; the arena is at least the
 max-live lower bound; best fit reuses the gaps it can."""
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graphopt.memory.arena import plan_arena
 from graphopt.memory.liveness import Buffer, profile
@@ -45,6 +46,7 @@ def test_disjoint_lifetimes_share_memory():
 
 def test_best_fit_picks_the_smallest_gap_that_holds_the_buffer():
     import numpy as np
+
     from graphopt.memory.arena import _best_fit
     offs, sizes = np.array([0, 200, 1000]), np.array([100, 100, 100])
     assert _best_fit(offs, sizes, 50) == 100     # gaps: 100 bytes at 100, 700 at 300

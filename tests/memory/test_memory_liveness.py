@@ -4,7 +4,8 @@ import operator
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from graphopt.memory.liveness import Buffer, analyze, profile

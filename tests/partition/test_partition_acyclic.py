@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from partition_dags import dags
 
 import graphopt
 from graphopt.partition.acyclic import guided_order, rank_labels, renumber_topologically, repair
@@ -10,7 +11,6 @@ from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.metis import metis_labels
 from graphopt.partition.metrics import compute_metrics
 from graphopt.specs import load_spec
-from partition_dags import dags
 
 
 @settings(max_examples=60, deadline=None)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.utils._pytree as pytree
+from checks import max_rel_err
+from plan_checks import check_document
 
 import graphopt
-from checks import max_rel_err
 from graphopt.passes import PassContext, check_invariants
 from graphopt.passes.partition_graph import partition_graph
-from plan_checks import check_document
 
 pytest.importorskip("transformers")
 

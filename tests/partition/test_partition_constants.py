@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 import graphopt
-from graphopt.passes import PassContext
 from graphopt.pass_lists import PARTITION, run_pipeline
+from graphopt.passes import PassContext
 
 
 class _Masked(nn.Module):

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from partition_dags import dags
 
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.dp import cuts_to_parts, equal_flops_split, make_budget, split_order
 from graphopt.partition.metrics import compute_metrics
-from partition_dags import dags
 
 ALPHA, BETA = 1e-6, 64.0
 

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from partition_dags import dags, has_cycle, naive_comm, naive_part_graph
 
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.metrics import compute_metrics, pipeline_estimate
-from partition_dags import dags, has_cycle, naive_comm, naive_part_graph
 
 
 @settings(max_examples=60, deadline=None)

@@ -2,12 +2,12 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from partition_dags import dags, naive_comm
 
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.dp import cuts_to_parts, equal_flops_split, make_budget
 from graphopt.partition.metrics import compute_metrics
 from graphopt.partition.refine import Refiner, rebalance, refine
-from partition_dags import dags, naive_comm
 
 ALPHA, BETA = 1e-6, 64.0
 

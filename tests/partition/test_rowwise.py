@@ -8,17 +8,16 @@ another dimension) must end a region.
 import pytest
 import torch
 import torch.nn.functional as F
+from checks import max_rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import graphopt
-from graphopt.passes import check_invariants
-from graphopt.passes.split_ops import apply_splits
 from graphopt.partition.rowwise import label_region, row_args
 from graphopt.partition.split_plan import Cut
-
-from checks import max_rel_err
+from graphopt.passes import check_invariants
+from graphopt.passes.split_ops import apply_splits
 
 
 def _fx(graph, name):

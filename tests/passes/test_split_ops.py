@@ -3,20 +3,19 @@ regions into token blocks, computing the same function, where a stage boundary n
 import pytest
 import torch
 import torch.nn.functional as F
+from checks import max_rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import graphopt
+from graphopt.distributed.stage_runtime import run_pipeline as run_stages
 from graphopt.errors import PlanError
-from graphopt.passes import OptionError, PassContext, check_invariants, get_pass
-from graphopt.passes.split_ops import _split_node, apply_splits
 from graphopt.partition.split_plan import node_split_kind, plan_splits, prune_cuts
 from graphopt.pass_lists import PARTITION, run_pipeline
+from graphopt.passes import OptionError, PassContext, check_invariants, get_pass
+from graphopt.passes.split_ops import _split_node, apply_splits
 from graphopt.specs import load_spec
-from graphopt.distributed.stage_runtime import run_pipeline as run_stages
-
-from checks import max_rel_err
 
 
 def _split_all(graph, frac=(0.3,)):

@@ -21,8 +21,9 @@ the extra segment starts of values recomputed more than once.
    merged, most expensive per byte first, while an upper bound of the new peak stays within the
    budget. Free values cost nothing to recompute, so they are never saved again.
 4. **Swaps** (up to 400 candidates; a fixed amount of work, so the plan never depends on the
-   machine's speed): force one expensive recomputed value back to saved and redo 2-3 (without
-   kicks), or exchange one recomputed value for one saved value; keep what makes it cheaper.
+   machine's speed): force one expensive recomputed value back to saved and redo 2-3 (kicks
+   only up to 100 candidates), or exchange one recomputed value for one saved value; keep what
+   makes the plan cheaper.
 
 If no descent reaches the budget, a search that ignores the budget (a peak-minimising descent,
 then bisection on the budget) finds the lowest peak it can: that is the *feasible minimum*
@@ -57,6 +58,7 @@ from graphopt.memory.remat.problem import (
 __all__ = ["solve_greedy", "Plan", "cheapen", "tighten"]
 
 _SWAP_MAX_CANDIDATES = 400
+_SWAP_KICK_MAX_CANDIDATES = 100
 _SWAP_ROUNDS, _SWAP_TRIES = 12, 32
 # Rankings of the descent, bytes**alpha per unit cost: each run is cheap, the best plan wins.
 _RANKINGS = (1.0, 0.5, 2.0)
@@ -451,6 +453,7 @@ def _swap(p: RematProblem, plan: Plan, ev: Evaluation, budget: int):
     speed): at most ``_SWAP_ROUNDS`` improvements, each trying the ``_SWAP_TRIES`` recomputed
     values that cost the most."""
     tried: set[tuple] = set()
+    kicks = int(len(p) <= _SWAP_KICK_MAX_CANDIDATES)  # kicks multiply the work: small graphs only
     for _ in range(_SWAP_ROUNDS):
         improved = False
         for members, _ in sorted(_units(p, ev), key=lambda u: (-u[1], u[0]))[:_SWAP_TRIES]:
@@ -460,7 +463,7 @@ def _swap(p: RematProblem, plan: Plan, ev: Evaluation, budget: int):
             tried.add(key)
             trial = plan.copy()
             trial.save(members)
-            trial, ev2, _, _ = _descend(p, trial, budget, set(members), kicks=0)
+            trial, ev2, _, _ = _descend(p, trial, budget, set(members), kicks=kicks)
             if ev2.peak > budget:
                 continue
             trial, ev2 = _resave(p, trial, budget)
