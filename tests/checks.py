@@ -9,3 +9,19 @@ def max_rel_err(got, want) -> float:
         assert not torch.isnan(g).any()
         err = max(err, float((g - w).abs().max() / w.abs().max().clamp_min(1e-12)))
     return err
+
+
+def run_cli(capsys, *argv):
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    from graphopt.cli.main import main
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, match):
+    """Bad input: exit 2 and one ``graphopt: error:`` line that says ``match``."""
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("graphopt: error:"), err
+    assert match in lines[0], lines[0]

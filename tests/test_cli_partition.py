@@ -4,21 +4,10 @@ import shutil
 import textwrap
 
 import pytest
+from checks import one_line_error as _one_line_error
+from checks import run_cli
 
 from graphopt.cli.main import main
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(code, err, match):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("graphopt: error:"), err
-    assert match in lines[0], lines[0]
 
 
 def test_partition_writes_json_and_pictures(capsys, tmp_path, monkeypatch):

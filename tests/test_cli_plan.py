@@ -3,10 +3,11 @@ import json
 
 import pytest
 import torch
+from checks import one_line_error as _one_line_error
+from checks import run_cli
 from torch import nn
 
 from graphopt import schemas
-from graphopt.cli.main import main
 
 
 class Tiny(nn.Module):
@@ -28,17 +29,6 @@ MODEL = f"{__file__}:tiny"
 FAST = ("--memory-budgets", "none", "--max-microbatches", "4", "-q")
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(code, err, match):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("graphopt: error:"), err
-    assert match in lines[0], lines[0]
 
 
 def _device_doc(device_type="cpu"):

@@ -24,6 +24,7 @@ from graphopt.cli.common import (
     add_out_arg,
     calibrated_link,
     device_from,
+    json_safe,
     output_dir,
     positive_int,
     progress_from,
@@ -202,7 +203,7 @@ def run(args) -> int:
                     costs, result, out, measure=args.measure, steps=args.steps,
                     timeout_s=args.timeout, cap=opts["cap"], plan_kwargs=kwargs)
         doc = to_document(result, model=args.model, device=_device_doc(costs), extra=extra)
-        path = write_atomic(out / "parallel.json", json.dumps(_finite(doc), indent=1) + "\n")
+        path = write_atomic(out / "parallel.json", json.dumps(json_safe(doc), indent=1) + "\n")
     print_report(result, doc, args.top)
     if args.what_if:
         print_what_if(doc["what_if"])
@@ -311,11 +312,3 @@ def _least(rejected) -> str:
         else "-"
 
 
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x

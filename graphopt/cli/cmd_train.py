@@ -24,6 +24,7 @@ from graphopt.cli.common import (
     add_model_args,
     add_out_arg,
     device_from,
+    json_safe,
     output_dir,
     positive_int,
     progress_from,
@@ -220,7 +221,7 @@ def _report(args, out: Path, job, info, trained, estimate, check, budget) -> int
     cfg = job.config
     doc = train_report(job, info, trained, estimate, check)
     doc["memory_budget"] = budget
-    write_atomic(out / "train.json", json.dumps(_finite(doc), indent=1, default=_plain) + "\n")
+    write_atomic(out / "train.json", json.dumps(json_safe(doc), indent=1, default=_plain) + "\n")
     step = trained.step_seconds[trained.timed_step]
     title = (f"{job.model}: pp {cfg.pp} x dp {cfg.dp}, {cfg.schedule}, {cfg.microbatches} "
              f"micro-batches; step {trained.timed_step}: {step * 1e3:.1f} ms, measured bubble "
@@ -257,15 +258,6 @@ def _report(args, out: Path, job, info, trained, estimate, check, budget) -> int
     return 0 if check["ok"] else 1
 
 
-def _finite(x):
-    """JSON has no infinity or NaN: an error that is not a number is written as null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def _plain(x):

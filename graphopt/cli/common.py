@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -254,3 +255,14 @@ def print_json(data) -> None:
     import sys
     json.dump(data, sys.stdout, indent=1)
     sys.stdout.write("\n")
+
+
+def json_safe(x):
+    """JSON has no infinity or NaN: a number that is not finite is written as null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x

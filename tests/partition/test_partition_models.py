@@ -63,13 +63,27 @@ def stage_seconds(data, part):
 
 
 def equal_flops_parts(nodes, k):
+    """Stage s ends right after the node at which the running FLOPs first reach (s+1)/k of the
+    total, each stage holding at least one node (a node heavier than a share still ends only
+    one stage)."""
     moving = [n for n in nodes if not n["is_param"]]
     total = sum(n["flops"] for n in moving)
-    part, s, run = {}, 0, 0
-    for n in moving:
-        part[n["name"]] = s
+    ends, run, s = [], 0, 0
+    for i, n in enumerate(moving):
         run += n["flops"]
-        while s < k - 1 and run >= total * (s + 1) / k:
+        if s < k - 1 and run >= total * (s + 1) / k:
+            ends.append(i)
+            s += 1
+    # a stage per node at least: push boundaries right where one node ended several shares
+    cuts, prev = [], -1
+    for j, e in enumerate(ends):
+        e = min(max(e, prev + 1), len(moving) - (k - j))
+        cuts.append(e)
+        prev = e
+    part, s = {}, 0
+    for i, n in enumerate(moving):
+        part[n["name"]] = s
+        while s < len(cuts) and i == cuts[s]:
             s += 1
     return part
 
