@@ -255,10 +255,10 @@ def timing_worker(args) -> None:
 
 
 def goals(rows: list[dict]) -> list[str]:
-    """The PASS/FAIL lines. Peaks are compared with a slack of 0.25 MiB, about the spread of
-    repeated measurements of one configuration (0.1-0.2 MiB on these models)."""
+    """The PASS/FAIL lines. Peaks are compared with a slack of 0.5 MiB: two rows that run the
+    very same plan (graphopt at 1.0 and 0.75 on the MLP) measured up to 0.5 MiB apart."""
     by = {r["config"]: r for r in rows}
-    slack = 0.25 * MiB
+    slack = 0.5 * MiB
     aot = by["aot_eager"]["peak"]
     out = []
 

@@ -34,7 +34,7 @@ from typing import Literal
 
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
-from graphopt.partition.choose import best_plan, choice_notes
+from graphopt.partition.choose import TIME_SLACK, best_plan, choice_notes
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.metrics import pipeline_estimate
 from graphopt.partition.plan import Partition
@@ -189,7 +189,7 @@ class PartitionGraphOptions:
     schedule: Literal["gpipe", "1f1b", "interleaved", "zero-bubble"] = "1f1b"
     memory_cap: float | int | None = None
     speeds: tuple[float, ...] | None = None
-    time_slack: float = 0.05
+    time_slack: float = TIME_SLACK
     refine: bool = True
     time_budget: float | None = None
     objective: Literal["volume", "time"] = "volume"

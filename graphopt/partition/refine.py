@@ -78,7 +78,7 @@ class Refiner:
                 self.comm += self.bytes[u]
         self.tol = 1e-9 * max(float(cg.flops.sum()), 1.0)
 
-    # -- helpers ---------------------------------------------------------------------------------
+    # -- internals -------------------------------------------------------------------------------
     def stage_time(self, r: int, C=None, R=None, M=None) -> float:
         C = self.C[r] if C is None else C
         R = self.R[r] if R is None else R

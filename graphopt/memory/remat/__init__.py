@@ -1,2 +1,4 @@
 """Rematerialization: the problem (:mod:`.problem`), built from a joint graph (:mod:`.build`),
-solved exactly (:mod:`.milp`, HiGHS) or fast (:mod:`.greedy`), written back (:mod:`.rewrite`)."""
+started from the free pointwise recomputations (:mod:`.baseline`), solved exactly (:mod:`.milp`,
+HiGHS) or fast (:mod:`.greedy`) with the policy for budgets below the minimum (:mod:`.solve`),
+written back (:mod:`.rewrite`)."""
