@@ -218,7 +218,7 @@ def entries() -> list[Op]:
 
 
 def register(op: Op, *, replace: bool = False) -> Op:
-    """Add an entry (an op registered with ``torch.library``, say); returns it."""
+    """Add an entry (for a custom op registered with torch, say); returns it."""
     table = _entries()
     if op.name in table and not replace:
         raise ValueError(f"op table: {op.name!r} already has an entry; pass replace=True")

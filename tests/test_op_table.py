@@ -7,6 +7,7 @@ import string
 import pytest
 import torch
 from checks import max_rel_err
+from torch import library
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from graphopt import op_table
@@ -143,7 +144,7 @@ def test_views_alias_and_nothing_else_does():
 # --------------------------------------------------------------------------------------------
 # One new entry, and every consumer knows the op
 # --------------------------------------------------------------------------------------------
-@torch.library.custom_op("graphopt_table_test::half_square_plus", mutates_args=())
+@library.custom_op("graphopt_table_test::half_square_plus", mutates_args=())
 def half_square_plus(x: torch.Tensor) -> torch.Tensor:
     return x * x * 0.5 + x
 

@@ -276,14 +276,26 @@ function hover(node, text) {
   node.addEventListener("mouseleave", hideTip);
 }
 
+// Set by draw(): the marker for an edge of a given stroke width.
+let arrowFor = null;
+
 function draw(scene, L) {
   world.textContent = "";
   const defs = el("defs", {}, world);
-  for (const [id, color] of [["arrow", "#8a8f99"], ["arrow-cut", "#D62728"]]) {
-    const mk = el("marker", {id, viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 9,
-      markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse"}, defs);
-    el("path", {d: "M0,0 L10,5 L0,10 z", fill: color}, mk);
-  }
+  // Marker sizes count in stroke widths (the SVG default), so one marker per width step keeps
+  // every arrowhead about 9 px, however thick its edge.
+  const markers = new Map();
+  arrowFor = (width, cut) => {
+    const step = Math.max(0.5, Math.round(width * 2) / 2);
+    const id = (cut ? "arrow-cut-" : "arrow-") + String(step).replace(".", "_");
+    if (!markers.has(id)) {
+      const mk = el("marker", {id, viewBox: "0 0 10 10", refX: 9, refY: 5,
+        markerWidth: 9 / step, markerHeight: 9 / step, orient: "auto-start-reverse"}, defs);
+      el("path", {d: "M0,0 L10,5 L0,10 z", fill: cut ? "#D62728" : "#8a8f99"}, mk);
+      markers.set(id, mk);
+    }
+    return "url(#" + id + ")";
+  };
   for (const c of L.cols) {
     el("rect", {class: "column-band", x: c.x - 10, y: 0, width: c.width + 20,
       height: L.height + 10, rx: 10, fill: c.color, "fill-opacity": 0.10}, world);
@@ -307,7 +319,8 @@ function draw(scene, L) {
   for (const e of scene.edges) {
     if (e.cut) continue;
     const d = smooth(e.points), g = el("g", {}, world);
-    el("path", {class: "edge", d, "stroke-width": strokeWidth(e.bytes), "marker-end": "url(#arrow)"}, g);
+    const width = strokeWidth(e.bytes);
+    el("path", {class: "edge", d, "stroke-width": width, "marker-end": arrowFor(width, false)}, g);
     el("path", {class: "edge-hit", d}, g);
     hover(g, edgeTip(e));
   }
@@ -350,8 +363,8 @@ function drawCuts(scene, L) {
     const d = "M" + p.x + "," + p.y + " C" + (p.x + bend) + "," + p.y + " " + (q.x - bend) + "," +
       q.y + " " + q.x + "," + q.y;
     const g = el("g", {class: "cut-edge"}, world);
-    el("path", {class: "edge cut", d, "stroke-width": Math.max(2, strokeWidth(e.bytes)),
-      "marker-end": "url(#arrow-cut)"}, g);
+    const width = Math.max(2, strokeWidth(e.bytes));
+    el("path", {class: "edge cut", d, "stroke-width": width, "marker-end": arrowFor(width, true)}, g);
     el("path", {class: "edge-hit", d}, g);
     hover(g, edgeTip(e));
     // the label sits on the curve, nearer the source, where curves from different boxes are
