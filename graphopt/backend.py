@@ -48,9 +48,9 @@ class BackendOptions:
     """Options of ``torch.compile(..., backend="graphopt", options={...})``.
 
     Attributes:
-        memory_budget: float in (0, 1] (fraction of the no-remat saved-activation bytes) or int
-            bytes; training graphs only. Below a graph's feasible minimum, the tightest plan
-            and one warning with the minimum.
+        memory_budget: float in (0, 1] (fraction of the activation bytes the no-remat plan
+            holds, free pointwise ops recomputed) or int bytes; training graphs only. Below a
+            graph's feasible minimum, the tightest plan and one warning with the minimum.
         fuse: run fused groups as generated Triton kernels (default: on for CUDA tensors).
         triton_interpret: run the generated kernels on CPU tensors through Triton's interpreter.
         dump_dir: write the captured graphs, plans and kernel sources there.

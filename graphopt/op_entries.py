@@ -115,13 +115,15 @@ _CONV = [
     Op("convolution_backward", C.CONV, flops="conv_backward"),
 ]
 
-# Attention may draw dropout; the row rule checks that it does not.
+# Attention may draw dropout; the row rule checks that it does not, and a call with
+# dropout_p == 0 is pure (remat may rerun it).
 _ATTENTION = [
     Op("scaled_dot_product_attention", C.ATTENTION, flops="attention", effect=Effect.RANDOM,
-       rows={"default": rows("attention")}),
+       rows={"default": rows("attention")}, draws_with="dropout_p"),
     *_family(C.ATTENTION, "_scaled_dot_product_flash_attention "
              "_scaled_dot_product_efficient_attention _scaled_dot_product_flash_attention_for_cpu "
-             "_scaled_dot_product_cudnn_attention", flops="attention", effect=Effect.RANDOM),
+             "_scaled_dot_product_cudnn_attention", flops="attention", effect=Effect.RANDOM,
+             draws_with="dropout_p"),
 ]
 
 _VIEW = [

@@ -36,7 +36,7 @@ import torch
 
 __all__ = ["OpClass", "FusionKind", "Effect", "Op", "Pointwise", "Reduce", "Constant", "Reindex",
            "Rows", "rows", "op_name", "overload_key", "lookup", "fusion_spec", "fusion_keys",
-           "row_rule", "effect", "aliases", "register", "unregister", "entries"]
+           "row_rule", "effect", "node_effect", "aliases", "register", "unregister", "entries"]
 
 
 class OpClass:
@@ -180,6 +180,9 @@ class Op:
             ATen.
         rows: overload name -> its row-wise :class:`Rows` rule. Overloads left out are row-wise
             only if torch tags them pointwise.
+        draws_with: for an op that draws only with a probability argument (attention's
+            ``dropout_p``), that argument's name: a call with it 0 draws nothing, so
+            :func:`node_effect` calls it pure (recomputable).
     """
 
     name: str
@@ -188,6 +191,7 @@ class Op:
     effect: str = Effect.PURE
     fuse: dict = field(default_factory=dict)
     rows: dict = field(default_factory=dict)
+    draws_with: str | None = None
 
     @property
     def aliases(self) -> bool:
@@ -338,6 +342,29 @@ def effect(target) -> str:
         if target._schema.is_mutable:
             return Effect.MUTATING
     return Effect.PURE
+
+
+def node_effect(node) -> str:
+    """:func:`effect` of one call: an op that draws only with a probability argument
+    (:attr:`Op.draws_with`) is pure where the call passes 0 for it (attention without dropout,
+    as every evaluation and most training configs of today's LMs run it)."""
+    target = node.target
+    found = effect(target)
+    entry = lookup(target)
+    if found != Effect.RANDOM or entry is None or entry.draws_with is None or \
+            not isinstance(target, torch._ops.OpOverload):
+        return found
+    names = [a.name for a in target._schema.arguments]
+    if entry.draws_with not in names:
+        return found
+    i = names.index(entry.draws_with)
+    if entry.draws_with in node.kwargs:
+        value = node.kwargs[entry.draws_with]
+    elif i < len(node.args):
+        value = node.args[i]
+    else:
+        value = target._schema.arguments[i].default_value
+    return Effect.PURE if isinstance(value, (int, float)) and value == 0 else found
 
 
 def aliases(target) -> bool:

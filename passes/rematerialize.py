@@ -2,8 +2,9 @@
 
 Needs: a joint forward+backward graph (aot_autograd's, e.g. from
 :func:`graphopt.memory.joint.capture_joint` or a backend ``partition_fn``) and
-``ctx.options["memory_budget"]``: a float in (0, 1] is a fraction of the bytes a partitioner
-without remat saves for the backward pass, an int is bytes. Optional options: ``num_fwd_outputs``
+``ctx.options["memory_budget"]``: a float in (0, 1] is a fraction of the activation bytes the
+step holds for the backward pass without paid recomputation (the baseline below, so 1.0 costs
+no extra compute and every smaller fraction binds), an int is bytes. Optional options: ``num_fwd_outputs``
 (from aot_autograd), ``remat_solver`` (``auto``/``greedy``/``milp``), ``remat_time_limit``
 (seconds for the exact solver), ``remat_cost`` (``time`` or ``flops``), ``fuse`` (recomputed
 pointwise ops are fused, so charged for arithmetic only), ``remat_device`` (the cost model's
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from graphopt.graph import Graph
+from graphopt.memory.remat.baseline import baseline_held
 from graphopt.memory.remat.build import build_problem
 from graphopt.memory.remat.problem import resolve_budget
 from graphopt.memory.remat.rewrite import RECOMPUTE_META, apply_plan
@@ -58,6 +60,7 @@ class RematReport:
     candidates: int = 0
     stages: int = 0
     requested_budget_bytes: int | None = None
+    baseline_held_bytes: int | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -95,10 +98,10 @@ def rematerialize(graph: Graph, ctx: PassContext) -> PassResult:
                             num_fwd_outputs=num_fwd)
     if not len(problem):
         return PassResult(graph, False, {"skipped": "no activations saved for a backward pass"})
-    base = problem.default_saved()
-    baseline = problem.saved_bytes(base)
-    budget_bytes = resolve_budget(budget, baseline)
-    sol = solve_budget(problem, budget_bytes, baseline=baseline,
+    baseline = problem.saved_bytes(problem.default_saved())
+    held = baseline_held(problem)
+    budget_bytes = resolve_budget(budget, held)
+    sol = solve_budget(problem, budget_bytes, baseline=held,
                        solver=ctx.option("remat_solver", "auto"),
                        time_limit=float(ctx.option("remat_time_limit", 10.0)),
                        clamp=bool(ctx.option("remat_clamp", False)), name=graph.name)
@@ -112,9 +115,11 @@ def rematerialize(graph: Graph, ctx: PassContext) -> PassResult:
                          held_peak_bytes=ev.peak, recompute_flops=ev.flops,
                          recomputed=recomputed, saved=[problem.names[v] for v in ev.saved()],
                          solver=sol.stats(), candidates=len(problem),
-                         stages=problem.num_stages, requested_budget_bytes=sol.requested_budget)
+                         stages=problem.num_stages, requested_budget_bytes=sol.requested_budget,
+                         baseline_held_bytes=held)
     ctx.artifacts["remat"] = report
-    stats = {"baseline_saved_bytes": baseline, "budget_bytes": budget_bytes,
+    stats = {"baseline_saved_bytes": baseline, "baseline_held_bytes": held,
+             "budget_bytes": budget_bytes,
              "saved_bytes": report.saved_bytes, "held_peak_bytes": ev.peak,
              "recomputed": len(recomputed), "recompute_flops": ev.flops,
              "new_nodes": len(created), "solver": sol.solver, "status": sol.status,

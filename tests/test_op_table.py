@@ -232,3 +232,29 @@ def test_register_refuses_a_second_entry_silently(new_entry):
     with pytest.raises(ValueError, match="already has an entry"):
         op_table.register(Op(NEW_ENTRY.name, OpClass.OPAQUE))
     op_table.register(NEW_ENTRY, replace=True)
+
+
+@pytest.mark.parametrize("target", [torch.ops.aten.scaled_dot_product_attention.default,
+                                    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default])
+@pytest.mark.parametrize("dropout, pure", [(None, True), (0.0, True), (0.1, False)])
+def test_attention_without_dropout_is_pure_and_recomputable(target, dropout, pure):
+    """Attention draws only through its dropout probability: at 0 (or left at its default) a
+    rerun gives the same result, so remat may recompute it (an LM's attention output need not
+    be saved)."""
+    g = torch.fx.Graph()
+    q, k, v = (g.placeholder(n) for n in "qkv")
+    kwargs = {} if dropout is None else {"dropout_p": dropout}
+    node = g.call_function(target, (q, k, v), kwargs)
+    assert op_table.effect(target) == Effect.RANDOM
+    assert op_table.node_effect(node) == (Effect.PURE if pure else Effect.RANDOM)
+    assert is_recomputable(node) is pure
+    positional = g.call_function(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+                                 (q, k, v, 0.0 if pure else 0.1))
+    assert is_recomputable(positional) is pure
+
+
+def test_attention_without_dropout_reruns_bit_for_bit():
+    q, k, v = (torch.randn(2, 4, 8, 16) for _ in range(3))
+    run = lambda: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(  # noqa: E731
+        q, k, v, 0.0, is_causal=True)[0]
+    assert torch.equal(run(), run())

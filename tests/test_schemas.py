@@ -18,7 +18,7 @@ def _written(tmp_path, argv: list[str], name: str) -> dict:
     (["partition", "zoo:mlp", "-k", "2"], "partition.json"),
     (["partition", "zoo:gpt", "-k", "3", "--mode", "cut"], "partition.json"),
     (["fuse", "zoo:gpt"], "fusion.json"),
-    (["remat", "zoo:mlp", "--budget", "0.5", "--train"], "memory.json"),
+    (["remat", "zoo:mlp", "--budget", "0.8", "--train"], "memory.json"),
     (["remat", "zoo:mlp", "--budget", "1.0"], "memory.json"),
 ])
 def test_cli_files_validate(tmp_path, argv, name):

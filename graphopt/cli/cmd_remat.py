@@ -54,9 +54,10 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--budget", required=True, metavar="B",
                    help="memory for the activations held for backward: a fraction in (0, 1] of "
-                   "those saved without remat, written with a decimal point and no unit (0.5, "
-                   "1.0); or bytes: an integer (268435456) or with a unit, KB/MB/GB powers of "
-                   "10, KiB/MiB/GiB powers of 2 (512MiB, 1.5GB); a bare 1.5 is an error")
+                   "those held without paid recomputation (1.0: recompute only free pointwise "
+                   "ops), written with a decimal point and no unit (0.5, 1.0); or bytes: an "
+                   "integer (268435456) or with a unit, KB/MB/GB powers of 10, KiB/MiB/GiB "
+                   "powers of 2 (512MiB, 1.5GB); a bare 1.5 is an error")
     p.add_argument("--train", action="store_true", help="plan the training step (forward and "
                    "backward), not the forward pass alone")
     add_out_arg(p, "memory.json and the memory plots")

@@ -41,6 +41,7 @@ def memory_report(*, model: str, train: bool, baseline: Liveness, plan: Liveness
         'graphopt.memory/1'
     """
     saved_base = remat.baseline_saved_bytes if remat else 0
+    held_base = getattr(remat, "baseline_held_bytes", None) if remat else None
     saved_plan = remat.saved_bytes if remat else 0
     notes = list(notes or [])
     asked = getattr(remat, "requested_budget_bytes", None)
@@ -52,7 +53,8 @@ def memory_report(*, model: str, train: bool, baseline: Liveness, plan: Liveness
         "model": model,
         "train": bool(train),
         "budget_bytes": remat.budget_bytes if remat else None,
-        "baseline": {"peak_bytes": baseline.peak, "saved_bytes": saved_base},
+        "baseline": {"peak_bytes": baseline.peak, "saved_bytes": saved_base,
+                     **({"held_bytes": held_base} if held_base is not None else {})},
         "plan": {"peak_bytes": plan.peak, "saved_bytes": saved_plan,
                  "recompute_flops": remat.recompute_flops if remat else 0,
                  "total_flops": int(total_flops),

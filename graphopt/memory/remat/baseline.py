@@ -22,7 +22,7 @@ import numpy as np
 
 from graphopt.memory.remat.problem import NONE, SAVED, Evaluation, RematProblem, evaluate
 
-__all__ = ["free_saved"]
+__all__ = ["free_saved", "baseline_held"]
 
 
 def free_saved(p: RematProblem, saved: np.ndarray | None = None, rounds: int = 8) -> np.ndarray:
@@ -56,6 +56,16 @@ def free_saved(p: RematProblem, saved: np.ndarray | None = None, rounds: int = 8
         if not accepted:
             break
     return saved
+
+
+def baseline_held(p: RematProblem) -> int:
+    """What a fractional memory budget is a fraction of: the held peak of :func:`free_saved`'s
+    plan, the activation bytes the step holds for its backward pass when nothing is recomputed
+    at a cost. Budget 1.0 is then that plan (no extra compute, as 1.0 is PyTorch's default
+    partitioner for its ``activation_memory_budget``), and every fraction below it binds: 0.75
+    asks for a quarter less than what the step holds for free, not a quarter less than a plan
+    that saves even free pointwise values."""
+    return int(evaluate(p, free_saved(p)).peak)
 
 
 def _stages(ev: Evaluation, v: int) -> set[int]:

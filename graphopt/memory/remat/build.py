@@ -70,7 +70,8 @@ def forward_region(gm: torch.fx.GraphModule) -> set[str]:
 
 
 def is_recomputable(node: torch.fx.Node) -> bool:
-    """Pure ATen ops (and getitem) only: no RNG, collectives, mutation or side effects."""
+    """Pure ATen ops (and getitem) only: no RNG, collectives, mutation or side effects
+    (attention without dropout is pure: :func:`graphopt.op_table.node_effect`)."""
     if node.op != "call_function":
         return False
     target = node.target
@@ -80,11 +81,18 @@ def is_recomputable(node: torch.fx.Node) -> bool:
         return False
     if target.namespace in _COLLECTIVE_NAMESPACES:
         return False
-    if op_table.effect(target) != op_table.Effect.PURE:  # random or mutating
+    if op_table.node_effect(node) != op_table.Effect.PURE:  # random or mutating
         return False
-    if node.is_impure():
+    if node.is_impure() and not _pure_attention(node):
         return False
     return not target.name().startswith("aten::_assert")
+
+
+def _pure_attention(node: torch.fx.Node) -> bool:
+    # fx calls every op torch tags nondeterministic_seeded impure; a call the table clears
+    # (no dropout) is not.
+    return op_table.effect(node.target) == op_table.Effect.RANDOM and \
+        op_table.node_effect(node) == op_table.Effect.PURE
 
 
 def _is_sym(node: torch.fx.Node) -> bool:

@@ -409,7 +409,9 @@ def _stage_peak(p: RematProblem, q: list[int], keep: set[int]) -> int:
 
 
 def resolve_budget(budget: float | int, baseline_saved: int) -> int:
-    """A float in (0, 1] is a fraction of the no-remat saved bytes; an int is bytes.
+    """A float in (0, 1] is a fraction of ``baseline_saved``, the activation bytes the plan
+    without paid recomputation holds for the backward pass (its held peak: see
+    :func:`graphopt.memory.remat.baseline.baseline_held`); an int is bytes.
 
     Example:
         >>> resolve_budget(0.5, 1000), resolve_budget(300, 1000)

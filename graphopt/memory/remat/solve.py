@@ -70,7 +70,7 @@ def describe_minimum(name: str, budget: int, baseline: int, low: int) -> str:
     """One line: the budget, the feasible minimum in bytes and as a fraction of ``baseline``."""
     frac = math.ceil(low / baseline * 1000) / 1000 if baseline else 1.0
     return (f"{name}: memory budget of {budget:,} bytes is below the feasible minimum of "
-            f"{low:,} bytes ({frac:.3f} of the {baseline:,} bytes saved without remat)")
+            f"{low:,} bytes ({frac:.3f} of the {baseline:,} bytes held without paid recomputation)")
 
 
 def solve_budget(problem: RematProblem, budget: int, *, baseline: int, solver: str = "auto",
@@ -79,7 +79,8 @@ def solve_budget(problem: RematProblem, budget: int, *, baseline: int, solver: s
 
     Args:
         problem, budget, solver, time_limit: as for :func:`solve` (``budget`` in bytes).
-        baseline: the no-remat saved bytes (what a fractional budget is a fraction of).
+        baseline: the held bytes without paid recomputation (what a fractional budget is a
+            fraction of: :func:`~graphopt.memory.remat.baseline.baseline_held`).
         clamp: below the minimum, warn and return the tightest plan instead of raising.
         name: the graph's name, for the message.
 
