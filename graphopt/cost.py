@@ -190,7 +190,9 @@ class DeviceSpec:
     the presets cannot know: ``view_seconds`` (the dispatch cost of an aliasing op, which moves no
     bytes), ``matmul_curve`` (dtype -> ``((flops, flop_per_s), ...)`` measured at several sizes, since
     small matmuls run far below the peak), the measured links ``p2p_link`` and ``allreduce_link``
-    (the ring all-reduce's per-hop model) and ``device_type`` (``cpu`` or ``cuda``).
+    (the ring all-reduce's per-hop model), ``device_type`` (``cpu`` or ``cuda``),
+    ``attention_curve`` (``((flops, flop_per_s), ...)`` of the fused attention op, which runs well
+    below the matmul rate on a CPU) and ``random_rate`` (random numbers drawn per second).
     """
 
     name: str
@@ -204,6 +206,8 @@ class DeviceSpec:
     p2p_link: LinkSpec | None = None
     allreduce_link: LinkSpec | None = None
     device_type: str = ""
+    attention_curve: tuple = ()
+    random_rate: float = 0.0
 
     def matmul_peak(self, dtype: str) -> float:
         return self.matmul_flops.get(dtype, self.matmul_flops.get("float32", self.vector_flops))

@@ -144,6 +144,9 @@ def spec_from_dict(doc: dict, where: str = "device spec") -> DeviceSpec:
                       alpha=float(lk["ring_alpha_s"]), beta=1.0 / float(lk["ring_beta_s_per_byte"]))
     machine = doc.get("machine") or {}
     memory = machine.get("memory_bytes")
+    compute = doc["compute"]
+    attention = ((compute.get("attention") or {}).get("float32") or {}).get("sizes") or []
+    random_rate = compute.get("random_elements_per_s")
     return DeviceSpec(
         name=str(doc.get("name") or f"calibrated {doc['device_type']}"),
         matmul_flops=peaks, vector_flops=float(doc["compute"]["vector_flops_per_s"]),
@@ -151,7 +154,10 @@ def spec_from_dict(doc: dict, where: str = "device spec") -> DeviceSpec:
         memory=int(memory) if isinstance(memory, (int, float)) and memory > 0 else 16 * 2**30,
         launch_seconds=float(doc["overhead"]["op_seconds"]),
         view_seconds=float(doc["overhead"]["view_seconds"]), matmul_curve=curve,
-        p2p_link=p2p, allreduce_link=ar, device_type=doc["device_type"])
+        p2p_link=p2p, allreduce_link=ar, device_type=doc["device_type"],
+        attention_curve=tuple(sorted((float(r["flops"]), float(r["flops_per_s"]))
+                                     for r in attention)),
+        random_rate=float(random_rate) if isinstance(random_rate, (int, float)) else 0.0)
 
 
 def load_device_spec(path, *, device_type: str | None = None) -> DeviceSpec:
@@ -207,6 +213,12 @@ def matmul_rate(spec: DeviceSpec, dtype: str, flops: float) -> float:
         curve = spec.matmul_curve.get("float32")
     if not curve or flops <= 0:
         return spec.matmul_peak(dtype)
+    return curve_rate(curve, flops)
+
+
+def curve_rate(curve, flops: float) -> float:
+    """A measured ``((flops, rate), ...)`` curve read at ``flops``: interpolated in log-FLOPs,
+    the end rates beyond its ends."""
     if flops <= curve[0][0]:
         return curve[0][1]
     for (f0, r0), (f1, r1) in zip(curve, curve[1:]):
@@ -220,15 +232,24 @@ def node_seconds(info, spec: DeviceSpec) -> float:
     """One node's time: the roofline on ``spec`` plus the per-op overhead.
 
     Matmul-class ops run at the rate measured for their size (``spec.matmul_curve``) instead of
-    the peak, views pay the dispatcher only (``spec.view_seconds``), and parameters are free.
+    the peak, attention at the fused attention op's measured rate where the spec has one
+    (``spec.attention_curve``), views pay the dispatcher only (``spec.view_seconds``), random
+    draws (dropout's, in attention too) cost ``1 / spec.random_rate`` each on top, and
+    parameters are free.
     """
     if info.op != "call_function" or info.is_param:
         return 0.0
     if info.op_class == OpClass.VIEW:
         return spec.view_seconds
     dtype = info.dtype or "float32"
-    if info.op_class in (OpClass.MATMUL, OpClass.CONV, OpClass.ATTENTION) and spec.matmul_curve:
+    if info.op_class == OpClass.ATTENTION and spec.attention_curve and info.flops > 0:
+        spec = dataclasses.replace(spec, matmul_flops={dtype: curve_rate(spec.attention_curve,
+                                                                         info.flops)})
+    elif info.op_class in (OpClass.MATMUL, OpClass.CONV, OpClass.ATTENTION) and spec.matmul_curve:
         spec = dataclasses.replace(spec, matmul_flops={dtype: matmul_rate(spec, dtype, info.flops)})
     t = roofline_seconds(info.flops, info.bytes_read + info.bytes_written, info.op_class, dtype,
                          spec)
+    draws = (getattr(info, "extra", None) or {}).get("draws", 0)
+    if draws and spec.random_rate > 0:
+        t += draws / spec.random_rate
     return t if t > 0 else spec.launch_seconds

@@ -94,10 +94,30 @@ def annotate_node(node: torch.fx.Node, is_param: bool = False) -> NodeInfo:
             bytes_written = out_bytes
     else:
         cls = OpClass.OPAQUE
+    draws = random_draws(node, cls, args if node.op == "call_function" else [], val)
     return NodeInfo(name=node.name, op=node.op, target=target_str(node), op_class=cls,
                     shape=shape, dtype=dtype, out_bytes=out_bytes, flops=int(flops),
                     bytes_read=int(bytes_read), bytes_written=int(bytes_written),
-                    is_param=bool(is_param))
+                    is_param=bool(is_param), extra={"draws": draws} if draws else {})
+
+
+def random_draws(node: torch.fx.Node, cls: str, args: list, val) -> int:
+    """How many random numbers the node draws: one per output element for a random op (dropout,
+    ``bernoulli``), one per attention weight for attention with dropout. Drawing costs far more
+    than the arithmetic the roofline charges (:func:`graphopt.device_spec.node_seconds`)."""
+    from graphopt import op_table
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        return 0
+    first = val[0] if isinstance(val, (tuple, list)) and val else val
+    if not isinstance(first, torch.Tensor):
+        return 0
+    if cls == OpClass.RANDOM:
+        return int(first.numel())
+    if cls == OpClass.ATTENTION and op_table.node_effect(node) == op_table.Effect.RANDOM:
+        key = args[1] if len(args) > 1 else None
+        if isinstance(key, torch.Tensor) and key.dim() >= 2 and first.dim() >= 2:
+            return int(first.numel() // first.shape[-1] * key.shape[-2])
+    return 0
 
 
 def _is_derived_constant(node: torch.fx.Node, info: dict[str, NodeInfo]) -> bool:

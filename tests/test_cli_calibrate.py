@@ -51,6 +51,9 @@ def test_quick_calibration_measures_and_caches(tmp_path, monkeypatch, capsys):
         assert math.isfinite(link["fit_rel_err_max"]) and len(link["samples"]) == 3
     assert spec.p2p_link.alpha > 0 and spec.allreduce_link.beta > 0
     assert spec.matmul_peak("float32") > 1e8 and spec.bandwidth > 1e7 and spec.launch_seconds > 0
+    # The fused attention op and dropout's draws are priced from their own measured rates.
+    assert len(spec.attention_curve) == 3 and all(r > 1e7 for _, r in spec.attention_curve)
+    assert spec.random_rate > 1e5
     assert doc["calibration"]["quick"] is True
     cached = cache_path(2, quick=True, device="cpu")
     assert cached.exists() and json.loads(cached.read_text()) == doc

@@ -3,6 +3,7 @@ import copy
 import json
 
 import pytest
+import torch
 
 from graphopt.cost import roofline_seconds
 from graphopt.device_spec import (
@@ -83,6 +84,49 @@ def test_node_seconds_prices_a_node_on_the_measured_rates():
     assert node_seconds(node("view"), spec) == 1e-6
     assert node_seconds(node("creation"), spec) == 4e-6     # no FLOPs, no bytes: dispatch only
     assert node_seconds(node("param", op="placeholder", is_param=True), spec) == 0.0
+
+
+def test_attention_and_random_draws_are_priced_on_their_own_rates():
+    from types import SimpleNamespace
+    doc = _doc()
+    doc["compute"]["attention"] = {"float32": {"sizes": [{"flops": 1e6, "flops_per_s": 5e9},
+                                                         {"flops": 1e8, "flops_per_s": 10e9}]}}
+    doc["compute"]["random_elements_per_s"] = 1e8
+    spec = spec_from_dict(doc)
+
+    def node(op_class, flops=0, draws=0):
+        return SimpleNamespace(op="call_function", op_class=op_class, flops=flops, bytes_read=0,
+                               bytes_written=0, dtype="float32", is_param=False,
+                               extra={"draws": draws} if draws else {})
+    # At the curve's ends its rates, between them interpolated in log-FLOPs (1e7: halfway).
+    assert node_seconds(node("attention", 1e6), spec) == pytest.approx(1e6 / 5e9 + 4e-6)
+    assert node_seconds(node("attention", 1e7), spec) == pytest.approx(1e7 / 7.5e9 + 4e-6)
+    # Each random draw costs 1 / random_rate on top of the roofline (dropout in attention too).
+    assert node_seconds(node("random", 1000, draws=1000), spec) == pytest.approx(
+        node_seconds(node("random", 1000), spec) + 1000 / 1e8)
+    assert node_seconds(node("attention", 1e6, draws=4096), spec) == pytest.approx(
+        1e6 / 5e9 + 4e-6 + 4096 / 1e8)
+    # A spec without these rates (an older file, a preset) prices attention as a matmul.
+    plain = spec_from_dict(_doc())
+    assert plain.attention_curve == () and plain.random_rate == 0.0
+
+
+def test_captured_nodes_count_their_random_draws():
+    import graphopt
+
+    class Drop(torch.nn.Module):
+        def forward(self, q):
+            a = torch.nn.functional.dropout(q, 0.1, training=True)
+            b = torch.nn.functional.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
+            c = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            return a + b + c
+    q = torch.randn(2, 3, 8, 4)
+    g = graphopt.capture(Drop(), (q,))
+    draws = [(i.target, i.extra.get("draws", 0)) for i in g.nodes() if i.op == "call_function"]
+    random = [d for t, d in draws if "dropout" in t or "bernoulli" in t]
+    attention = sorted(d for t, d in draws if "attention" in t)
+    assert random and max(random) == q.numel()
+    assert attention == [0, 2 * 3 * 8 * 8]   # with dropout one draw per attention weight
 
 
 def _write(tmp_path, doc_or_text):

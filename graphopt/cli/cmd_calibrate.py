@@ -69,6 +69,14 @@ def summary_lines(doc: dict) -> list[str]:
                  f"{_si(doc['compute']['vector_flops_per_s'], 'FLOP/s')}")
     lines.append(f"per-op overhead: {ov['op_seconds'] * 1e6:.2f} us an op, "
                  f"{ov['view_seconds'] * 1e6:.2f} us a view")
+    attention = ((doc["compute"].get("attention") or {}).get("float32") or {}).get("sizes")
+    if attention:
+        lines.append("attention (fused op, causal): GFLOP/s by (batch x heads, tokens, head dim) "
+                     + ", ".join(f"{tuple(r['shape'])}: {r['flops_per_s'] / 1e9:.1f}"
+                                 for r in attention))
+    if doc["compute"].get("random_elements_per_s"):
+        lines.append(f"random draws (dropout): "
+                     f"{_si(doc['compute']['random_elements_per_s'], 'elements/s')}")
     load = m.get("load_average")
     if isinstance(load, (int, float)) and load > m["cores"]:
         lines.append(f"note: load average {load:g} on {m['cores']} cores while measuring; these are "

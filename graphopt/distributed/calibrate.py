@@ -6,8 +6,14 @@ What is measured, and why that way:
   several square sizes: small matmuls run far below the peak, and the model's matmuls are small.
 * **memory bandwidth**: a large copy (2 bytes moved per byte) and a large add (3 per byte); the
   add's rate is the one the roofline uses, since elementwise ops read two inputs and write one.
-* **per-op overhead**: a one-element add in a loop (eager dispatch, or a kernel launch on CUDA),
-  and a view in a loop (aliasing ops move no bytes but still pay the dispatcher).
+* **per-op overhead**: a chain of one-element adds, and one of views (aliasing ops move no bytes
+  but still pay the dispatcher), each a generated ``torch.fx`` module of ATen calls run with
+  autograd recording: that is how a training stage runs its graph, and each call through an
+  ATen overload with autograd on costs about twice a bare ``torch.add`` in a loop.
+* **attention**: the fused attention op at model-like shapes (causal, no dropout), FLOPs counted
+  by the cost model: on a CPU it runs at half the matmul rate or less.
+* **random draws**: dropout's elements per second (drawing a random number costs far more than
+  the multiply the roofline would charge: 10+ ns an element on a CPU core).
 * **links**: a ring shift (every rank sends to the next and receives from the previous, at once,
   as pipeline stages do) and an all-reduce, at sizes from 1 KiB to 64 MiB over gloo (CPU) or NCCL
   (a GPU per rank); ``alpha`` and ``beta`` come from a least-squares fit of ``T = alpha + beta·m``
@@ -122,6 +128,40 @@ def _vector_rates(dev, device: str, budget: float) -> dict[str, float]:
     return rates
 
 
+def _chain(op, length: int, dev):
+    """A ``torch.fx`` module of ``length`` ATen calls of ``op`` on a one-element tensor that
+    requires grad, as a stage runs its graph in training (returns a function to time)."""
+    import torch
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    for _ in range(length):
+        x = graph.call_function(op, (x, [-1]) if op is torch.ops.aten.view.default else (x, x))
+    graph.output(x)
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    tiny = torch.ones(1, device=dev, requires_grad=True)
+    return lambda: gm(tiny)
+
+
+def _attention_rates(dev, device: str, budget: float) -> list[dict]:
+    """FLOP/s of the fused attention op (causal, no dropout) at (batch x heads, tokens, head
+    dim) shapes from small LMs up, FLOPs counted as :func:`graphopt.cost.node_flops` counts."""
+    import torch
+
+    from graphopt.cost import node_flops
+    op = torch.ops.aten.scaled_dot_product_attention.default
+    shapes = [(16, 64, 32), (16, 128, 64), (32, 256, 64)] + \
+        ([(64, 1024, 64), (64, 2048, 128)] if device == "cuda" else [])
+    rows = []
+    for bh, s, d in shapes:
+        q = torch.randn(1, bh, s, d, device=dev)
+        args = [q, q, q, None, 0.0, True]
+        flops = node_flops(op, args, {}, op(*args))
+        seconds = _median_seconds(lambda: op(*args), device, budget / 3)
+        rows.append({"shape": [bh, s, d], "flops": flops, "seconds": seconds,
+                     "flops_per_s": flops / seconds})
+    return rows
+
+
 def measure_compute(device: str, quick: bool, progress: bool = False) -> dict:
     """The ``compute``, ``memory`` and ``overhead`` sections, measured in this process."""
     import torch
@@ -159,21 +199,22 @@ def measure_compute(device: str, quick: bool, progress: bool = False) -> dict:
     vector = _vector_rates(dev, device, budget)
     _say(progress, "pointwise/normalisation: " + ", ".join(f"{k} {v / 1e9:.2f}"
                                                        for k, v in vector.items()) + " GFLOP/s")
-    tiny = torch.ones(1, device=dev)
-    loops = 200 if quick else 1000
-
-    def ops():
-        for _ in range(loops):
-            torch.add(tiny, tiny)
-
-    def views():
-        for _ in range(loops):
-            tiny.view(-1)
-    op_s = _median_seconds(ops, device, budget) / loops
-    view_s = _median_seconds(views, device, budget) / loops
+    loops = 100 if quick else 400
+    op_s = _median_seconds(_chain(torch.ops.aten.add.Tensor, loops, dev), device, budget) / loops
+    view_s = _median_seconds(_chain(torch.ops.aten.view.default, loops, dev), device,
+                             budget) / loops
     _say(progress, f"overhead: {op_s * 1e6:.2f} us per op, {view_s * 1e6:.2f} us per view")
+    attention = _attention_rates(dev, device, budget)
+    _say(progress, "attention: " + ", ".join(f"{r['flops_per_s'] / 1e9:.1f}"
+                                             for r in attention) + " GFLOP/s")
+    drop = torch.randn(MIB // 4 * (16 if device == "cuda" else 1), device=dev)
+    random_rate = drop.numel() / _median_seconds(
+        lambda: torch.ops.aten.native_dropout.default(drop, 0.1, True), device, budget / 2)
+    _say(progress, f"random draws: {random_rate / 1e9:.2f} G elements/s")
     return {"compute": {"matmul": matmul, "vector_ops": vector,
-                        "vector_flops_per_s": float(np.median(list(vector.values())))},
+                        "vector_flops_per_s": float(np.median(list(vector.values()))),
+                        "attention": {"float32": {"sizes": attention}},
+                        "random_elements_per_s": random_rate},
             "memory": {"bandwidth_bytes_per_s": add_rate, "copy_bytes_per_s": copy_rate,
                        "add_bytes_per_s": add_rate},
             "overhead": {"op_seconds": op_s, "view_seconds": view_s}}

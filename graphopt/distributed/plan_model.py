@@ -11,6 +11,9 @@ size ``batch / (dp * M)``, split into ``pp * v`` stages. :class:`ModelCosts` kee
   at the global batch and applied to the graph of every micro-batch size by node name (the
   graphs differ only in their shapes); a graph whose names differ is partitioned itself;
 * the :class:`~graphopt.distributed.plan_costs.StageProfile` of each (k, micro-batch size);
+* with a calibrated CPU spec, the model's training step timed at each micro-batch size and
+  thread count (:mod:`graphopt.distributed.plan_profile`): factors on the spec's forward and
+  backward sums;
 * for each remat budget fraction ``f``, what the remat planner (:mod:`graphopt.memory.remat`,
   greedy solver, on the training step at the global batch) saves and recomputes: the share of
   saved activations kept and the recompute FLOPs over the forward FLOPs. Each stage's saved
@@ -105,9 +108,13 @@ class ModelCosts:
 
     def __init__(self, loaded, device: str, *, link: str | None = None, optimizer: str = "sgd",
                  seed: int = 0, imbalance: float = 0.03, capture_mode: str = "auto",
-                 captures: ModelCosts | None = None) -> None:
+                 captures: ModelCosts | None = None, time_steps: bool | None = None) -> None:
         self.loaded, self.device, self.link = loaded, device, link
         self.spec = monotone_rates(get_device(device))
+        # Time the model itself where the spec was measured on a CPU like this one.
+        self.time_steps = (bool(self.spec.matmul_curve) and self.spec.device_type == "cpu"
+                           if time_steps is None else time_steps)
+        self._scales: dict[tuple[int, int], tuple[float, float]] = {}
         self.optimizer, self.seed, self.imbalance = optimizer, seed, imbalance
         self.capture_mode = capture_mode
         self._plans: dict[tuple[int, int], object] = {}
@@ -228,6 +235,17 @@ class ModelCosts:
             self._profiles[(k, micro)] = stage_profile(graph, self.plan(k, micro).parts, k,
                                                        self.spec)
         return self._profiles[(k, micro)]
+
+    def step_scale(self, micro: int, threads: int) -> tuple[float, float]:
+        """``(forward, backward)`` factors from timing the step (1, 1 when not timed)."""
+        if not self.time_steps:
+            return 1.0, 1.0
+        if (micro, threads) not in self._scales:
+            from graphopt.distributed.plan_profile import measured_scale
+            prof = self.profile(1, micro)
+            self._scales[(micro, threads)] = measured_scale(
+                self.prepared(micro), sum(prof.fwd_s), sum(prof.bwd_s), threads)
+        return self._scales[(micro, threads)]
 
     # -- rematerialization -------------------------------------------------------------------------
     def remat(self, fraction: float) -> RematEffect | None:

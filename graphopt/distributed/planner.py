@@ -25,7 +25,10 @@ overlapped with the backward); each rank then runs its optimizer step. With the 
 measured costs (:mod:`graphopt.distributed.plan_engine`) every stage action also pays the
 engine's per-action time, a message its in-engine latency, a step its fixed cost, and where the
 ranks share cores the compute is sped up by how many ranks the timeline leaves idle (processor
-sharing, at most the measured ``share``, iterated to a fixed point). Memory per device:
+sharing, at most the measured ``share``, iterated to a fixed point). With a calibrated CPU spec
+the stages' forward and backward seconds are also scaled by the model's own step, timed alone
+at that micro-batch size and the rank's thread count (:mod:`graphopt.distributed.plan_profile`),
+times ``share`` (all ranks busy). Memory per device:
 weights x (2 + optimizer state), buffers, DDP's gradient buckets (a second copy of the
 gradients when ``dp > 1``) and the peak of in-flight activations under the schedule.
 
@@ -36,6 +39,7 @@ Example:
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from graphopt.cost import LinkSpec, get_link
@@ -197,11 +201,25 @@ def _optimizer_key(optimizer: str, momentum: float) -> str:
     return "sgd-momentum" if momentum else "sgd"
 
 
+def rank_threads(devices: int) -> int:
+    """Intra-op threads of one rank when ``devices`` processes share this host (the runtime's
+    rule, :func:`graphopt.distributed.launch.run_workers`)."""
+    return max(1, (os.cpu_count() or 1) // max(devices, 1))
+
+
 def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:
     """Simulated step time and memory per device of ``config`` (module docstring)."""
     micro = config.micro(costs.batch)
     prof = costs.profile(config.stages, micro)
-    fwd, bwd, saved = list(prof.fwd_s), list(prof.bwd_s), list(prof.saved_bytes)
+    engine = costs.engines.get(config.devices)
+    share = engine.share if engine is not None else 1.0
+    timed = costs.step_scale(micro, rank_threads(config.devices))
+    fs, bs = timed
+    if timed != (1.0, 1.0):      # timed alone: with every rank busy, `share` times slower
+        fs, bs = fs * share, bs * share
+    fwd = [f * fs for f in prof.fwd_s]
+    bwd = [b * bs for b in prof.bwd_s]
+    saved = list(prof.saved_bytes)
     effect = None
     if config.memory_budget is not None:
         effect = costs.remat(config.memory_budget)
@@ -211,7 +229,6 @@ def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:
         saved = [int(s * effect.kept) for s in saved]
     acts = [s + (a - s0) for s, a, s0 in zip(saved, prof.act_bytes, prof.saved_bytes)]
     p2p, ring = links_of(costs)
-    engine = costs.engines.get(config.devices)
     action = 0.0
     if engine is not None:      # the pipeline engine's own costs, measured on a probe
         action = engine.action_s
@@ -227,7 +244,6 @@ def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:
                              param_bytes_per_stage=prof.grad_bytes, act_bytes_per_stage=acts,
                              optimizer=opt)
     est, speed = simulate(1.0), 1.0
-    share = engine.share if engine is not None else 1.0
     for _ in range(12 if share > 1.0 else 0):
         # Shared cores: the spec's rates hold with all N ranks busy; with c busy on average
         # (the rest waiting in a bubble) each computes N/c times as fast, up to `share`. The
@@ -260,6 +276,8 @@ def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:
         detail["engine"] = {"action_s": engine.action_s, "step_s": engine.step_s,
                             "transfer_s": engine.transfer_s, "share": engine.share,
                             "compute_time_factor": speed}
+    if timed != (1.0, 1.0):
+        detail["timed_step_factors"] = {"forward": timed[0], "backward": timed[1]}
     if effect is not None:
         detail["remat"] = {"kept": effect.kept, "recompute": effect.recompute}
     return Candidate(config=config, predicted_step_seconds=float(step),

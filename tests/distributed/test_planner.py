@@ -19,6 +19,7 @@ from graphopt.distributed.planner import (
     links_of,
     plan_parallel,
     predict,
+    rank_threads,
     to_document,
 )
 from graphopt.distributed.simulate import (
@@ -313,3 +314,30 @@ def test_sync_table_follows_the_closed_forms():
     assert sync_bytes("ring", 100, 1) == {"worker": 0.0, "busiest": 0.0}
     with pytest.raises(GraphoptError, match="unknown"):
         sync_bytes("tree", 1, 2)
+
+
+def test_a_timed_step_scales_the_stages_by_measured_over_predicted(costs):
+    """With a calibrated CPU spec the planner times the model's own step (alone, at the rank's
+    thread count) and scales every stage's forward and backward by measured / predicted."""
+    from graphopt.distributed import plan_profile
+    assert costs.time_steps is False          # a preset: nothing is timed
+    assert costs.step_scale(4, 1) == (1.0, 1.0)
+    fwd, bwd = plan_profile.time_step(costs.prepared(4), threads=1)
+    assert 0 < fwd < 1 and 0 < bwd < 1
+    model, inputs = tiny()
+    timed = ModelCosts(LoadedModel("tiny", model, inputs), "cpu", time_steps=True)
+    prof = timed.profile(2, 4)
+    fs, bs = timed.step_scale(4, 1)
+    assert fs > 0 and bs > 0 and math.isfinite(fs) and math.isfinite(bs)
+    c = predict(timed, Config(dp=1, pp=2, schedule="gpipe", microbatches=2))
+    factors = c.detail["timed_step_factors"]
+    assert factors["forward"] == fs and factors["backward"] == bs
+    # One stage, no engine: the step is the scaled forward and backward of both micro-batches
+    # (timed with the threads one process on this host gets).
+    one = predict(timed, Config(dp=1, pp=1, schedule="1f1b", microbatches=2))
+    fs, bs = timed.step_scale(4, rank_threads(1))
+    p1 = timed.profile(1, 4)
+    opt = optimizer_seconds(p1, [0], timed.spec, "sgd")
+    assert one.predicted_step_seconds == pytest.approx(
+        2 * (fs * p1.fwd_s[0] + bs * p1.bwd_s[0]) + opt)
+    assert sum(prof.fwd_s) == pytest.approx(sum(p1.fwd_s), rel=0.05)
