@@ -26,7 +26,7 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from graphopt.cost import DeviceSpec, OpClass
 from graphopt.device_spec import node_seconds
@@ -53,6 +53,9 @@ class StageProfile:
     saved_bytes: list[int]      # the saved-activation part of act_bytes (what remat can shrink)
     param_tensors: list[int]    # trainable tensors per stage (the optimizer's per-tensor ops)
     fwd_flops: list[int]
+    # trainable weights several stages use (a tied embedding and LM head): (bytes, stages); the
+    # runtime sums their gradients over the ranks holding those stages before the optimizer
+    shared: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
 
     @property
     def k(self) -> int:
@@ -117,10 +120,13 @@ def stage_profile(graph, part: dict[str, int], k: int, spec: DeviceSpec) -> Stag
         for b in range(start, to):
             boundary[b] += int(info.out_bytes)
     weights, buffers, tensors = [0] * k, [0] * k, [0] * k
+    shared = []
     for name, stages in _held_params(graph, part).items():
         info = graph[name]
         if info.op != "get_attr":
             continue
+        if len(stages) > 1 and grad.get(name, False):
+            shared.append((int(info.out_bytes), tuple(sorted(stages))))
         for s in stages:
             if grad.get(name, False):
                 weights[s] += int(info.out_bytes)
@@ -131,7 +137,7 @@ def stage_profile(graph, part: dict[str, int], k: int, spec: DeviceSpec) -> Stag
     return StageProfile(fwd_s=fwd, bwd_s=bwd, boundary_bytes=boundary, grad_bytes=weights,
                         buffer_bytes=buffers, act_bytes=acts, saved_bytes=saved,
                         param_tensors=tensors,
-                        fwd_flops=flops)
+                        fwd_flops=flops, shared=shared)
 
 
 def optimizer_seconds(prof: StageProfile, stages: list[int], spec: DeviceSpec,

@@ -21,7 +21,9 @@ How one is priced (:func:`predict`): the ``pp * v``-stage plan's
 :class:`~graphopt.distributed.plan_costs.StageProfile` at micro-batch ``B / (dp * M)`` feeds
 :func:`~graphopt.distributed.simulate.simulate_step` (the schedule's timeline, p2p transfers on
 the measured link, DDP's bucketed ring all-reduce of each stage's gradients over ``dp``,
-overlapped with the backward); each rank then runs its optimizer step. With the engine's
+overlapped with the backward); weights that stages on different ranks share (a tied embedding
+and LM head) have their gradients summed by one ring all-reduce per group of ranks; each rank
+then runs its optimizer step. With the engine's
 measured costs (:mod:`graphopt.distributed.plan_engine`) every stage action also pays the
 engine's per-action time, a message its in-engine latency, a step its fixed cost, and where the
 ranks share cores the compute is sped up by how many ranks the timeline leaves idle (processor
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 
 from graphopt.cost import LinkSpec, get_link
 from graphopt.distributed.plan_costs import optimizer_seconds
-from graphopt.distributed.simulate import placement, simulate_step
+from graphopt.distributed.simulate import placement, ring_allreduce_seconds, simulate_step
 from graphopt.errors import GraphoptError, PlanError
 
 __all__ = ["Config", "Candidate", "PlanResult", "NoConfigurationFits", "SCHEDULE_CHOICES",
@@ -201,6 +203,18 @@ def _optimizer_key(optimizer: str, momentum: float) -> str:
     return "sgd-momentum" if momentum else "sgd"
 
 
+def tied_sync_seconds(prof, place: list[int], ring: LinkSpec) -> float:
+    """The runtime's sum of tied weights' gradients over the ranks whose stages hold them (a
+    tied embedding and LM head at the two ends of a pipeline): one ring all-reduce per group of
+    ranks, after the last backward and before the optimizer, as the worker runs it."""
+    groups: dict[tuple[int, ...], int] = {}
+    for nbytes, stages in prof.shared:
+        ranks = tuple(sorted({place[s] for s in stages}))
+        if len(ranks) > 1:
+            groups[ranks] = groups.get(ranks, 0) + nbytes
+    return sum(ring_allreduce_seconds(b, len(r), ring) for r, b in sorted(groups.items()))
+
+
 def rank_threads(devices: int) -> int:
     """Intra-op threads of one rank when ``devices`` processes share this host (the runtime's
     rule, :func:`graphopt.distributed.launch.run_workers`)."""
@@ -257,7 +271,8 @@ def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:
     on_rank = [[s for s, r in enumerate(place) if r == rank] for rank in range(config.pp)]
     opt_s = [optimizer_seconds(prof, st, costs.spec, opt) for st in on_rank]
     ends = [max((e.end for e in evs), default=0.0) for evs in est.events]
-    step = max(end + o for end, o in zip(ends, opt_s)) + (engine.step_s if engine else 0.0)
+    tied = tied_sync_seconds(prof, place, ring)
+    step = max(end + o for end, o in zip(ends, opt_s)) + tied + (engine.step_s if engine else 0.0)
     memory = []
     for rank, stages in enumerate(on_rank):
         extra = sum(prof.buffer_bytes[s] for s in stages)
@@ -267,7 +282,8 @@ def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:
     detail = {"micro_batch": micro, "bubble": est.bubble, "pipeline_seconds": est.pipeline_seconds,
               "allreduce_seconds": est.allreduce_seconds,
               "exposed_sync_seconds": est.exposed_sync_seconds,
-              "optimizer_seconds": max(opt_s), "samples_per_second": costs.batch / step,
+              "optimizer_seconds": max(opt_s), "tied_sync_seconds": tied,
+              "samples_per_second": costs.batch / step,
               "memory_per_rank_bytes": [int(m) for m in memory],
               # the stage imbalance its plan needed: `graphopt train --imbalance` to repeat it
               "imbalance": costs.imbalance_used.get(config.stages, costs.imbalance),

@@ -341,3 +341,31 @@ def test_a_timed_step_scales_the_stages_by_measured_over_predicted(costs):
     assert one.predicted_step_seconds == pytest.approx(
         2 * (fs * p1.fwd_s[0] + bs * p1.bwd_s[0]) + opt)
     assert sum(prof.fwd_s) == pytest.approx(sum(p1.fwd_s), rel=0.05)
+
+
+class TiedEnds(nn.Module):
+    """An embedding whose weight is also the output layer's, as in GPT-2's LM head."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(64, 16)
+        self.body = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh())
+
+    def forward(self, ids):
+        return self.body(self.emb(ids)) @ self.emb.weight.t()
+
+
+def test_tied_weights_across_ranks_pay_one_all_reduce_before_the_optimizer():
+    from graphopt.distributed.planner import tied_sync_seconds
+    torch.manual_seed(0)
+    costs = ModelCosts(LoadedModel("tied", TiedEnds(), (torch.randint(0, 64, (8, 4)),)), "cpu")
+    one = costs.profile(1, 8)
+    assert one.shared == []                      # one stage holds both uses
+    two = costs.profile(2, 8)
+    assert two.shared == [(64 * 16 * 4, (0, 1))]
+    _, ring = links_of(costs)
+    c = predict(costs, Config(dp=1, pp=2, schedule="gpipe", microbatches=2))
+    want = ring_allreduce_seconds(64 * 16 * 4, 2, ring)
+    assert c.detail["tied_sync_seconds"] == pytest.approx(want) and want > 0
+    # Both stages on one rank (no second rank holds a copy): nothing to sum across ranks.
+    assert tied_sync_seconds(two, [0, 0], ring) == 0.0
