@@ -175,9 +175,6 @@ def test_small_configs(tmp_path, spec):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="plans that send more than the equal-FLOPs split do not yet all carry "
-                          "the note with both numbers (open work on the broad partition goals)",
-                   strict=False)
 def test_default_configs_meet_the_partitioning_goals(tmp_path):
     """GPT-2, BERT, ViT and ResNet at k = 2, 4, 8 (default configs): every plan acyclic and
     within 3% (or one node's part, said so), more bytes than the hand-made split only with a
