@@ -179,6 +179,8 @@ def _print_table(data: dict, written: list[Path]) -> None:
     t.add_row("saved for backward", _mib(base["saved_bytes"]), _mib(plan["saved_bytes"]))
     t.add_row("held for backward (peak)", _mib(base["saved_bytes"]),
               _mib(plan.get("held_peak_bytes")))
+    if base.get("held_bytes") is not None:   # what a fractional budget is a fraction of
+        t.add_row("held, free recompute only (budget 1.0)", "", _mib(base["held_bytes"]))
     t.add_row("budget", "", _mib(data["budget_bytes"]))
     t.add_row("recomputed ops", "0", str(len(plan["recomputed"])))
     flops = plan["total_flops"] or 1
