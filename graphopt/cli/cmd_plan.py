@@ -70,6 +70,10 @@ def register(sub) -> None:
                    "measured by training a tiny probe on N processes (about 30 s, cached per "
                    "machine): auto uses the cache or measures, measure measures again, off "
                    "leaves them out (default: auto with --device-spec, else off)")
+    g.add_argument("--no-step-timing", dest="step_timing", action="store_false",
+                   help="price stages from the device spec alone; by default, with a calibrated "
+                   "CPU spec, the model's training step is also timed alone once per micro-batch "
+                   "size (cached per machine) and scales the spec's stage times")
     g.add_argument("--top", type=positive_int, default=12,
                    help="rows of the table (default 12; parallel.json has them all)")
     m = p.add_argument_group("measuring")
@@ -168,7 +172,8 @@ def run(args) -> int:
         with progress.step(f"capturing {args.model}'s training step"):
             costs = ModelCosts(loaded, device, link=link, optimizer=args.optimizer,
                                seed=args.seed, imbalance=args.imbalance,
-                               capture_mode=args.capture)
+                               capture_mode=args.capture,
+                               time_steps=None if args.step_timing else False)
         mode = args.engine_overhead or ("auto" if args.device_spec else "off")
         if mode != "off":
             from graphopt.distributed.plan_engine import engine_overhead

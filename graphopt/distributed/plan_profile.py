@@ -15,17 +15,25 @@ every stage's forward and backward (the stage split keeps the spec's proportions
 These are the times of one process alone; with every rank of a shared host busy at once each
 runs ``share`` times slower (:mod:`graphopt.distributed.plan_engine`), which the planner applies.
 
+Timings are cached per machine (as the calibration is: ``<graphopt cache>/steps/``), keyed by the
+graph's code and shapes, the micro-batch, the thread count and the machine's calibration key, so
+planning the same model again gives the same ranking instead of a new draw of the machine's
+noise.
+
 Example:
     >>> fwd_scale, bwd_scale = measured_scale(prepared, spec_fwd_s, spec_bwd_s, threads=1)
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-__all__ = ["time_step", "measured_scale", "WARMUP", "STEPS"]
+__all__ = ["time_step", "cached_step", "measured_scale", "cache_file", "WARMUP", "STEPS"]
 
 WARMUP, STEPS = 2, 5
 
@@ -61,10 +69,40 @@ def time_step(prepared, threads: int, steps: int = STEPS) -> tuple[float, float]
     return statistics.median(fwd), statistics.median(bwd)
 
 
+def cache_file(prepared, threads: int) -> Path:
+    """Where this machine keeps the timing of ``prepared`` at ``threads`` threads."""
+    from graphopt.distributed.calibrate import cache_dir, cache_path
+    graph = prepared.graph
+    shapes = [(n.name, n.shape, n.dtype) for n in graph.nodes() if n.op == "placeholder"]
+    key = json.dumps([graph.gm.code, shapes, prepared.micro, threads, cache_path(1).name],
+                     default=str)
+    return cache_dir() / "steps" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+
+
+def cached_step(prepared, threads: int) -> tuple[float, float]:
+    """:func:`time_step`, measured once per machine (see the module docstring)."""
+    path = cache_file(prepared, threads)
+    try:
+        data = json.loads(path.read_text())
+        return float(data["forward_s"]), float(data["backward_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    fwd, bwd = time_step(prepared, threads)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"forward_s": fwd, "backward_s": bwd, "micro": prepared.micro,
+                                   "threads": threads}) + "\n")
+        tmp.replace(path)
+    except OSError:        # a read-only cache: measured each time
+        pass
+    return fwd, bwd
+
+
 def measured_scale(prepared, spec_fwd_s: float, spec_bwd_s: float, threads: int) -> tuple[float,
                                                                                           float]:
     """``(forward, backward)`` factors: measured seconds over the spec's (1.0 where the spec
     predicts nothing)."""
-    fwd, bwd = time_step(prepared, threads)
+    fwd, bwd = cached_step(prepared, threads)
     return (fwd / spec_fwd_s if spec_fwd_s > 0 else 1.0,
             bwd / spec_bwd_s if spec_bwd_s > 0 else 1.0)

@@ -369,3 +369,15 @@ def test_tied_weights_across_ranks_pay_one_all_reduce_before_the_optimizer():
     assert c.detail["tied_sync_seconds"] == pytest.approx(want) and want > 0
     # Both stages on one rank (no second rank holds a copy): nothing to sum across ranks.
     assert tied_sync_seconds(two, [0, 0], ring) == 0.0
+
+
+def test_step_timings_are_cached_per_machine_so_plans_repeat(tmp_path, monkeypatch, costs):
+    from graphopt.distributed import plan_profile
+    monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path))
+    prepared = costs.prepared(4)
+    first = plan_profile.cached_step(prepared, 1)
+    path = plan_profile.cache_file(prepared, 1)
+    assert path.exists() and path.is_relative_to(tmp_path)
+    monkeypatch.setattr(plan_profile, "time_step", lambda *a, **k: pytest.fail("re-measured"))
+    assert plan_profile.cached_step(prepared, 1) == first
+    assert plan_profile.cache_file(prepared, 2) != path     # another thread count, another key
