@@ -171,6 +171,7 @@ def _config(args):
 
 def run(args) -> int:
     from graphopt.distributed.launch import WorkerError, under_torchrun
+    from graphopt.distributed.planner import rank_threads
     from graphopt.distributed.schedule import check_schedule
     from graphopt.distributed.train_cost import estimate_step
     from graphopt.distributed.trainer import make_job, prepare_model, run_job
@@ -195,7 +196,8 @@ def run(args) -> int:
                                  pp=cfg.pp, v=cfg.virtual, microbatches=cfg.microbatches,
                                  dp=cfg.dp, device=device, link=args.link,
                                  placement=job.placement, optimizer=cfg.optimizer,
-                                 momentum=cfg.momentum)
+                                 momentum=cfg.momentum, prepared=prep,
+                                 threads=args.threads or rank_threads(cfg.world_size))
         try:
             with progress.step(f"training on {cfg.world_size} processes"):
                 trained = run_job(job, threads=args.threads)
@@ -238,7 +240,10 @@ def _report(args, out: Path, job, info, trained, estimate, check, budget) -> int
           f"{m['samples_per_second']:.1f} samples/s, bubble {m['bubble']:.0%}; "
           f"{doc['comm_bytes_per_step']:,} bytes between stages per step")
     ratio = m["step_seconds"] / e["step_seconds"] if e["step_seconds"] > 0 else math.inf
-    print(f"estimated ({estimate['method'].rsplit('.', 1)[-1]}, {estimate['device']}): "
+    timed = estimate.get("timed_step_factors")
+    scaled = (f"; stages scaled by the model's timed step x{timed['forward']:.2f} forward, "
+              f"x{timed['backward']:.2f} backward" if timed else "")
+    print(f"estimated ({estimate['method'].rsplit('.', 1)[-1]}, {estimate['device']}{scaled}): "
           f"{e['step_seconds'] * 1e3:.3f} ms per step, bubble {e['bubble']:.0%}; "
           f"measured/estimated {ratio:.2f}x")
     if getattr(args, "device_spec", None) is None:

@@ -188,7 +188,7 @@ def check_memory(rows: list[dict], memory_cap: float | None, schedule: str,
 
 
 def _simulated(lowered, graph, *, schedule, pp, v, microbatches, dp, device, link, placement,
-               optimizer, momentum) -> dict | None:
+               optimizer, momentum, prepared=None, threads=None) -> dict | None:
     """The calibrated simulator's estimate, or None where this installation lacks it."""
     try:
         from graphopt.distributed.simulate import node_seconds, simulate_step
@@ -210,21 +210,31 @@ def _simulated(lowered, graph, *, schedule, pp, v, microbatches, dp, device, lin
         trainable = [t for t in p.module.parameters() if t.requires_grad]
         grads.append(sum(t.numel() * t.element_size() for t in trainable))
         params.append(sum(t.numel() * t.element_size() for t in p.module.parameters()))
+    timed = None
+    if prepared is not None and spec.matmul_curve and spec.device_type == "cpu":
+        # The model's own step, timed alone (graphopt.distributed.plan_profile), as the planner
+        # scales its stages.
+        from graphopt.distributed.plan_profile import measured_scale
+        timed = measured_scale(prepared, sum(fwd), sum(bwd), threads or 1)
+        fwd, bwd = [f * timed[0] for f in fwd], [b * timed[1] for b in bwd]
     boundary = [0 if placement[p.index] == placement[p.index + 1] else p.wire_bytes(p.carry_out)
                 for p in lowered.programs[:-1]]
     opt = "adamw" if optimizer == "adamw" else ("sgd-momentum" if momentum else "sgd")
     est = simulate_step(fwd, bwd, boundary, ln, schedule, microbatches, dp=dp, virtual_stages=v,
                         grad_bytes_per_stage=grads, param_bytes_per_stage=params, optimizer=opt)
-    return {"step_seconds": float(est.step_seconds), "bubble": float(est.bubble),
-            "method": "graphopt.distributed.simulate.simulate_step", "device": device,
-            "link": link, "stage_forward_seconds": fwd, "stage_backward_seconds": bwd,
-            "allreduce_seconds": float(est.allreduce_seconds)}
+    out = {"step_seconds": float(est.step_seconds), "bubble": float(est.bubble),
+           "method": "graphopt.distributed.simulate.simulate_step", "device": device,
+           "link": link, "stage_forward_seconds": fwd, "stage_backward_seconds": bwd,
+           "allreduce_seconds": float(est.allreduce_seconds)}
+    if timed is not None:
+        out["timed_step_factors"] = {"forward": timed[0], "backward": timed[1]}
+    return out
 
 
 def estimate_step(plan, lowered, graph, *, schedule: str, pp: int, v: int, microbatches: int,
                   dp: int = 1, device: str = "cpu", link: str | None = None,
                   placement: list[int] | None = None, optimizer: str = "sgd",
-                  momentum: float = 0.0) -> dict:
+                  momentum: float = 0.0, prepared=None, threads: int | None = None) -> dict:
     """Estimated step time and bubble of the lowered plan.
 
     The calibrated simulator (:func:`graphopt.distributed.simulate.simulate_step`) when it is
@@ -244,7 +254,7 @@ def estimate_step(plan, lowered, graph, *, schedule: str, pp: int, v: int, micro
     placement = placement or place_of(schedule, pp, v)
     sim = _simulated(lowered, graph, schedule=schedule, pp=pp, v=v, microbatches=microbatches,
                      dp=dp, device=device, link=link, placement=placement, optimizer=optimizer,
-                     momentum=momentum)
+                     momentum=momentum, prepared=prepared, threads=threads)
     if sim is not None:
         return sim
     m = plan.metrics()
