@@ -170,8 +170,7 @@ def _config(args):
 
 
 def run(args) -> int:
-    from graphopt.distributed.launch import WorkerError, under_torchrun
-    from graphopt.distributed.planner import rank_threads
+    from graphopt.distributed.launch import WorkerError, rank_threads, under_torchrun
     from graphopt.distributed.schedule import check_schedule
     from graphopt.distributed.train_cost import estimate_step
     from graphopt.distributed.trainer import make_job, prepare_model, run_job

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 __all__ = ["run_workers", "join_torchrun", "under_torchrun", "free_port", "WorkerError",
-           "default_backend"]
+           "default_backend", "rank_threads"]
 
 # Words in the errors a rank raises because a peer went away (not because of its own bug).
 _PEER_ERRORS = ("connection closed", "connection reset", "broken pipe", "socket", "timed out",
@@ -165,6 +165,12 @@ def _stop(procs) -> None:
             p.join(1.0)
 
 
+def rank_threads(world_size: int) -> int:
+    """Intra-op threads each of ``world_size`` processes on this host gets by default: the
+    cores shared out evenly, at least one (the planner prices a rank with the same number)."""
+    return max(1, (os.cpu_count() or 1) // max(world_size, 1))
+
+
 def run_workers(worker_fn: Callable, world_size: int, args: tuple = (), *, timeout_s: float = 600.0,
                 backend: str | None = None, threads: int | None = None) -> list[Any]:
     """Run ``worker_fn(rank, world_size, *args)`` on ``world_size`` new processes of this host.
@@ -191,7 +197,7 @@ def run_workers(worker_fn: Callable, world_size: int, args: tuple = (), *, timeo
     """
     import multiprocessing as mp
     backend = backend or default_backend(world_size)
-    threads = threads or max(1, (os.cpu_count() or 1) // world_size)
+    threads = threads or rank_threads(world_size)
     ctx = mp.get_context("spawn")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="graphopt-ranks-") as tmp:

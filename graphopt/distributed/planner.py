@@ -41,10 +41,10 @@ Example:
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from graphopt.cost import LinkSpec, get_link
+from graphopt.distributed.launch import rank_threads
 from graphopt.distributed.plan_costs import optimizer_seconds
 from graphopt.distributed.simulate import placement, ring_allreduce_seconds, simulate_step
 from graphopt.errors import GraphoptError, PlanError
@@ -213,12 +213,6 @@ def tied_sync_seconds(prof, place: list[int], ring: LinkSpec) -> float:
         if len(ranks) > 1:
             groups[ranks] = groups.get(ranks, 0) + nbytes
     return sum(ring_allreduce_seconds(b, len(r), ring) for r, b in sorted(groups.items()))
-
-
-def rank_threads(devices: int) -> int:
-    """Intra-op threads of one rank when ``devices`` processes share this host (the runtime's
-    rule, :func:`graphopt.distributed.launch.run_workers`)."""
-    return max(1, (os.cpu_count() or 1) // max(devices, 1))
 
 
 def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:

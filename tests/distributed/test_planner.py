@@ -10,6 +10,7 @@ from graphopt import schemas
 from graphopt.capture import capture
 from graphopt.cost import LinkSpec, get_device
 from graphopt.device_spec import node_seconds
+from graphopt.distributed.launch import rank_threads
 from graphopt.distributed.plan_costs import OPTIMIZER_COST, optimizer_seconds, stage_profile
 from graphopt.distributed.plan_model import ModelCosts
 from graphopt.distributed.planner import (
@@ -19,7 +20,6 @@ from graphopt.distributed.planner import (
     links_of,
     plan_parallel,
     predict,
-    rank_threads,
     to_document,
 )
 from graphopt.distributed.simulate import (
