@@ -7,7 +7,7 @@ measured ones, with the whole module's time for reference (the interpreter adds 
 node). The spec: ``--device-spec FILE`` (``graphopt calibrate`` output), else this machine's
 cached calibration for 2 processes (measured now if there is none).
 
-    python bench/op_costs.py                 # 2-layer GPT-2 and Llama: results/op_costs.md
+    python bench/op_costs.py                 # GPT-2, Llama, Mixtral, BERT, Swin: results/op_costs.md
     python bench/op_costs.py --models llama --device-spec device.json
 """
 from __future__ import annotations
@@ -24,14 +24,10 @@ from pathlib import Path
 
 import torch
 
-MODELS = {
-    "gpt2": ("GPT2LMHeadModel", dict(n_layer=2, n_embd=128, n_head=4, vocab_size=2048,
-                                     n_positions=128, use_cache=False)),
-    "llama": ("LlamaForCausalLM", dict(num_hidden_layers=2, hidden_size=128,
-                                       intermediate_size=256, num_attention_heads=4,
-                                       num_key_value_heads=2, vocab_size=2048,
-                                       max_position_embeddings=128, use_cache=False)),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from partition_models import CASES, build  # noqa: E402
+
+DEFAULT_MODELS = "gpt2,llama,mixtral,bert,swin"
 
 
 class TimedInterpreter(torch.fx.Interpreter):
@@ -48,22 +44,17 @@ class TimedInterpreter(torch.fx.Interpreter):
         return out
 
 
-def compare(name: str, spec, repeats: int) -> list[str]:
-    import transformers
-
+def compare(name: str, spec, repeats: int) -> tuple[list[str], float, float]:
+    """The per-class table of ``name``, the spec's sum and the module's measured seconds."""
     import graphopt
     from graphopt.device_spec import node_seconds
-    cls, cfg = MODELS[name]
-    config = getattr(transformers, cls.replace("LMHeadModel", "Config").replace("ForCausalLM",
-                                                                                 "Config"))(**cfg)
-    torch.manual_seed(0)
-    model = getattr(transformers, cls)(config).train()
-    ids = torch.randint(0, 2048, (4, 64))
-    graph = graphopt.capture(model, (ids,))
+    model, inputs, _ = build(name)      # bench/partition_models.py's small configs
+    model.train()                       # as a training step runs it: dropout on
+    graph = graphopt.capture(model, inputs)
     timer = TimedInterpreter(graph.gm)
     with torch.no_grad():
         for _ in range(repeats + 2):
-            timer.run(ids)
+            timer.run(*inputs)
     measured = {k: statistics.median(v[2:]) for k, v in timer.seconds.items()}
     by = collections.defaultdict(lambda: [0, 0.0, 0.0])
     for info in graph.nodes():
@@ -73,13 +64,13 @@ def compare(name: str, spec, repeats: int) -> list[str]:
         row[0] += 1
         row[1] += node_seconds(info, spec)
         row[2] += measured.get(info.name, 0.0)
-    lines = [f"### {name} ({cls}, micro-batch 4 x 64 tokens, train mode: dropout on)", "",
+    lines = [f"### {name} ({CASES[name].cls}: {CASES[name].about}; train mode)", "",
              "| op class | nodes | predicted ms | measured ms | measured / predicted |",
              "|---|---:|---:|---:|---:|"]
     total = [0, 0.0, 0.0]
-    for cls_name, (n, p, m) in sorted(by.items(), key=lambda t: -t[1][2]):
+    for op_cls, (n, p, m) in sorted(by.items(), key=lambda t: -t[1][2]):
         ratio = f"{m / p:.2f}" if p > 0 else "-"
-        lines.append(f"| {cls_name} | {n} | {p * 1e3:.3f} | {m * 1e3:.3f} | {ratio} |")
+        lines.append(f"| {op_cls} | {n} | {p * 1e3:.3f} | {m * 1e3:.3f} | {ratio} |")
         total = [total[0] + n, total[1] + p, total[2] + m]
     lines.append(f"| all | {total[0]} | {total[1] * 1e3:.3f} | {total[2] * 1e3:.3f} | "
                  f"{total[2] / total[1]:.2f} |")
@@ -87,15 +78,17 @@ def compare(name: str, spec, repeats: int) -> list[str]:
         whole = []
         for _ in range(repeats):
             start = time.perf_counter()
-            graph.gm(ids)
+            graph.gm(*inputs)
             whole.append(time.perf_counter() - start)
-    lines += ["", f"The module run whole (no interpreter): {statistics.median(whole) * 1e3:.3f} ms."]
-    return lines
+    run = statistics.median(whole)
+    lines += ["", f"The module run whole (no interpreter): {run * 1e3:.3f} ms."]
+    return lines, total[1], run
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="gpt2,llama")
+    ap.add_argument("--models", default=DEFAULT_MODELS,
+                    help=f"among {', '.join(CASES)} (default {DEFAULT_MODELS})")
     ap.add_argument("--device-spec", default=None, metavar="FILE")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "op_costs.md"))
@@ -115,8 +108,16 @@ def main() -> int:
           f"{torch.__version__}; spec: {spec.name} (a `graphopt calibrate --world 2` file). One "
           "thread, forward in no-grad mode, node by node through a timing interpreter, median of "
           f"{args.repeats} runs.", ""]
+    summary = ["| model | spec's sum (ms) | module measured (ms) | spec / measured |",
+               "|---|---:|---:|---:|"]
+    tables = []
     for name in args.models.split(","):
-        md += compare(name, spec, args.repeats) + [""]
+        print(f"{name} ...", file=sys.stderr, flush=True)
+        lines, predicted, measured = compare(name, spec, args.repeats)
+        tables += lines + [""]
+        summary.append(f"| {name} | {predicted * 1e3:.2f} | {measured * 1e3:.2f} | "
+                       f"{predicted / measured:.2f} |")
+    md += summary + [""] + tables
     print("\n".join(md))
     Path(args.out).write_text("\n".join(md) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

@@ -112,6 +112,21 @@ def validate_device_doc(doc, where: str = "device spec") -> dict:
             for key in ("flops", "flops_per_s"):
                 _positive({"row": row}, f"row.{key}", f"{where}: compute.matmul.{name}.sizes[{i}]")
     _positive(doc, "compute.vector_flops_per_s", where)
+    # Optional (older files lack them): the attention op's curve and dropout's draw rate.
+    attention = doc["compute"].get("attention")
+    if attention is not None:
+        if not isinstance(attention, dict):
+            raise DeviceSpecError(f"{where}: compute.attention must be an object")
+        for name in attention:
+            sizes = _get(doc, f"compute.attention.{name}.sizes", where)
+            if not isinstance(sizes, list):
+                raise DeviceSpecError(f"{where}: compute.attention.{name}.sizes must be a list")
+            for i, row in enumerate(sizes):
+                for key in ("flops", "flops_per_s"):
+                    _positive({"row": row}, f"row.{key}",
+                              f"{where}: compute.attention.{name}.sizes[{i}]")
+    if "random_elements_per_s" in doc["compute"]:
+        _positive(doc, "compute.random_elements_per_s", where)
     _positive(doc, "memory.bandwidth_bytes_per_s", where)
     _positive(doc, "overhead.op_seconds", where, allow_zero=True)
     _positive(doc, "overhead.view_seconds", where, allow_zero=True)

@@ -152,6 +152,10 @@ def _broken(edit):
     (_broken(lambda d: d["overhead"].update(op_seconds="fast")), "overhead.op_seconds"),
     (_broken(lambda d: d["compute"].update(vector_flops_per_s=float("nan"))), "vector_flops_per_s"),
     (_broken(lambda d: d.update(device_type="tpu")), "device_type"),
+    (_broken(lambda d: d["compute"].update(attention={"float32": {"sizes": [{"flops": 1e6}]}})),
+     "compute.attention.float32.sizes[0]"),
+    (_broken(lambda d: d["compute"].update(attention=[1])), "compute.attention"),
+    (_broken(lambda d: d["compute"].update(random_elements_per_s=0)), "random_elements_per_s"),
 ])
 def test_malformed_files_are_one_line_errors(tmp_path, content, needle):
     path = _write(tmp_path, content)

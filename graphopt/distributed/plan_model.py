@@ -111,9 +111,8 @@ class ModelCosts:
                  captures: ModelCosts | None = None, time_steps: bool | None = None) -> None:
         self.loaded, self.device, self.link = loaded, device, link
         self.spec = monotone_rates(get_device(device))
-        # Time the model itself where the spec was measured on a CPU like this one.
-        self.time_steps = (bool(self.spec.matmul_curve) and self.spec.device_type == "cpu"
-                           if time_steps is None else time_steps)
+        from graphopt.distributed.plan_profile import times_steps
+        self.time_steps = times_steps(self.spec) if time_steps is None else time_steps
         self._scales: dict[tuple[int, int], tuple[float, float]] = {}
         self.optimizer, self.seed, self.imbalance = optimizer, seed, imbalance
         self.capture_mode = capture_mode

@@ -33,9 +33,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["time_step", "cached_step", "measured_scale", "cache_file", "WARMUP", "STEPS"]
+__all__ = ["times_steps", "time_step", "cached_step", "measured_scale", "cache_file", "WARMUP",
+           "STEPS"]
 
 WARMUP, STEPS = 2, 5
+
+
+def times_steps(spec) -> bool:
+    """Whether stage times on ``spec`` are scaled by a timed step: a calibrated CPU spec (it has
+    measured matmul curves), which describes the machine the planner runs on."""
+    return bool(spec.matmul_curve) and spec.device_type == "cpu"
 
 
 def time_step(prepared, threads: int, steps: int = STEPS) -> tuple[float, float]:

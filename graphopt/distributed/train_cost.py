@@ -211,10 +211,9 @@ def _simulated(lowered, graph, *, schedule, pp, v, microbatches, dp, device, lin
         grads.append(sum(t.numel() * t.element_size() for t in trainable))
         params.append(sum(t.numel() * t.element_size() for t in p.module.parameters()))
     timed = None
-    if prepared is not None and spec.matmul_curve and spec.device_type == "cpu":
-        # The model's own step, timed alone (graphopt.distributed.plan_profile), as the planner
-        # scales its stages.
-        from graphopt.distributed.plan_profile import measured_scale
+    from graphopt.distributed.plan_profile import measured_scale, times_steps
+    if prepared is not None and times_steps(spec):
+        # The model's own step, timed alone, as the planner scales its stages.
         timed = measured_scale(prepared, sum(fwd), sum(bwd), threads or 1)
         fwd, bwd = [f * timed[0] for f in fwd], [b * timed[1] for b in bwd]
     boundary = [0 if placement[p.index] == placement[p.index + 1] else p.wire_bytes(p.carry_out)

@@ -208,9 +208,10 @@ def _rows_reduce(node, out, x, d, dims_arg, keepdim_arg):
 def _rows_attention(node, out, x, d):
     args = node.args
     if d != out.dim() - 2 or node.kwargs.get("is_causal") or \
-            (len(args) > 5 and args[5]) or node.kwargs.get("enable_gqa") or \
-            (len(args) > 4 and args[4]) or node.kwargs.get("dropout_p"):
+            (len(args) > 5 and args[5]) or node.kwargs.get("enable_gqa"):
         return None   # a causal mask is anchored at query 0: slicing queries would move it
+    if op_table.node_effect(node) != op_table.Effect.PURE:
+        return None   # dropout: the blocks would draw other numbers than the whole
     res = {0: x.dim() - 2, 1: None, 2: None}
     mask = args[3] if len(args) > 3 else None
     if isinstance(mask, torch.fx.Node):

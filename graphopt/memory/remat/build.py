@@ -83,16 +83,11 @@ def is_recomputable(node: torch.fx.Node) -> bool:
         return False
     if op_table.node_effect(node) != op_table.Effect.PURE:  # random or mutating
         return False
-    if node.is_impure() and not _pure_attention(node):
+    # fx calls every op torch tags nondeterministic_seeded impure; one the table has just
+    # cleared (attention without dropout) is not.
+    if node.is_impure() and op_table.effect(target) != op_table.Effect.RANDOM:
         return False
     return not target.name().startswith("aten::_assert")
-
-
-def _pure_attention(node: torch.fx.Node) -> bool:
-    # fx calls every op torch tags nondeterministic_seeded impure; a call the table clears
-    # (no dropout) is not.
-    return op_table.effect(node.target) == op_table.Effect.RANDOM and \
-        op_table.node_effect(node) == op_table.Effect.PURE
 
 
 def _is_sym(node: torch.fx.Node) -> bool:

@@ -397,7 +397,7 @@ def solve_greedy(p: RematProblem, budget: int, *, swaps: bool | None = None) -> 
         ev = _evaluate(p, Plan(base))
         return Solution(base, ev.schedule(), ev, "greedy", "infeasible",
                         time.perf_counter() - start, budget, min_peak=p.saved_bytes(base))
-    first = Plan(free_saved(p, base))
+    first = Plan(free_saved(p))
     plans, min_peak = [], None
     for alpha in _RANKINGS:
         plan, ev, _, _ = _descend(p, first.copy(), budget, set(), alpha=alpha)
