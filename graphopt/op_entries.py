@@ -146,8 +146,12 @@ _VIEW = [
     Op("slice", C.VIEW, rows={"Tensor": rows("along_dim", dim_arg=1, default=0)}),
     Op("select", C.VIEW, rows={"int": rows("select", dim_arg=1)}),
     # getitem is Python's operator.getitem, fx's tuple indexing: a view of one output.
-    *_family(C.VIEW, "as_strided narrow split split_with_sizes chunk unbind view_as expand_as "
-             "lift_fresh getitem diagonal movedim unfold real view_as_real view_as_complex "
+    # split along another dim than the rows (GPT-2's fused q/k/v): each piece keeps them
+    Op("split", C.VIEW, rows={"Tensor": rows("split", dim_arg=2)}),
+    Op("split_with_sizes", C.VIEW, rows={"default": rows("split", dim_arg=2)}),
+    Op("getitem", C.VIEW, rows={"default": rows("getitem")}),
+    *_family(C.VIEW, "as_strided narrow chunk unbind view_as expand_as "
+             "lift_fresh diagonal movedim unfold real view_as_real view_as_complex "
              "_reshape_alias"),
 ]
 
@@ -162,7 +166,8 @@ _INJECTIVE = [
     Op("lift_fresh_copy", C.INJECTIVE, fuse={"default": _pw("{0}", "r")},
        rows={"default": POINTWISE_ROWS}),
     Op("copy_", C.INJECTIVE, effect=Effect.MUTATING),
-    *_family(C.INJECTIVE, "cat stack index index_select gather to copy pad constant_pad_nd "
+    Op("cat", C.INJECTIVE, rows={"default": rows("cat")}),
+    *_family(C.INJECTIVE, "stack index index_select gather to copy pad constant_pad_nd "
              "repeat roll flip slice_scatter select_scatter index_put scatter tril triu "
              "masked_fill embedding_dense_backward _unsafe_index repeat_interleave"),
 ]

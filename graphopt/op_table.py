@@ -30,6 +30,7 @@ Example:
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -321,6 +322,9 @@ def fusion_keys() -> list[str]:
 
 def row_rule(target) -> Rows | None:
     """The row-wise rule the table gives this exact overload (tags are the caller's fallback)."""
+    if target is operator.getitem:      # fx's tuple indexing: its entry's one rule
+        entry = lookup(target)
+        return entry.rows.get("default") if entry is not None else None
     if not isinstance(target, torch._ops.OpOverload):
         return None
     entry, overload = _remember("exact", target, _exact)

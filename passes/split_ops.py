@@ -36,7 +36,7 @@ import torch.utils._pytree as pytree
 
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
-from graphopt.partition.rowwise import SHAPE_ARG
+from graphopt.partition.rowwise import SHAPE_ARG, get_arg, prefix_chain, set_arg
 from graphopt.partition.split_plan import Cut, cuts_from_dicts, node_split_kind, plan_splits
 from graphopt.passes.infra import PassContext, PassResult, register_pass
 
@@ -100,27 +100,23 @@ def _split_region(graph: Graph, nodes: list, reg, cuts: list[int]) -> tuple[list
         slices = {name: [_emit(g, aten.slice.Tensor, (by_name[name], dim, lo, hi),
                                by_name[name].meta, mode) for lo, hi in spans]
                   for name, dim in reg.external.items()}
-        blocks = []
+        blocks: list[dict[str, torch.fx.Node]] = []
+        prefix = _Prefixes(g, reg, by_name, blocks, mode)
         for b, (lo, hi) in enumerate(spans):
             env: dict[str, torch.fx.Node] = {}
+            blocks.append(env)
             for n in labeled:
                 m = reg.args[n.name]
+                pre = reg.prefix.get(n.name, {})
                 args = list(n.args)
                 for i, j in m.items():
-                    if j is not None:
-                        a = n.args[i]
-                        args[i] = env[a.name] if a.name in env else slices[a.name][b]
-                target = n.target
-                if target in SHAPE_ARG:
-                    size = list(args[1])
-                    d = reg.dims[n.name]
-                    if size[d] != -1:
-                        size[d] = hi - lo
-                    args[1] = size
-                    if target in (aten.view.default, aten._unsafe_view.default):
-                        target = aten.reshape.default   # a row block may not be viewable
-                env[n.name] = _emit(g, target, args, n.meta, mode, n.kwargs)
-            blocks.append(env)
+                    if j is not None and not (i in pre and pre[i] == j):
+                        a = get_arg(n.args, i)
+                        set_arg(args, i, env[a.name] if a.name in env else slices[a.name][b])
+                for i, dim in pre.items():   # rows 0..hi: causal attention's keys, values, mask
+                    args[i] = prefix.rows(n.args[i], args[i], m.get(i), dim, b, hi)
+                env[n.name] = _emit(g, *_resized(n, args, reg.dims[n.name], hi - lo), n.meta,
+                                    mode, n.kwargs)
         cats = {}
         for n in labeled:
             if any(u.name not in reg.dims for u in n.users):
@@ -132,6 +128,58 @@ def _split_region(graph: Graph, nodes: list, reg, cuts: list[int]) -> tuple[list
     for n in reversed(labeled):
         g.erase_node(n)
     return [[n.name for n in env.values()] for env in blocks], new
+
+
+def _resized(n: torch.fx.Node, args: list, d: int, rows: int) -> tuple:
+    """``(target, args)`` of ``n`` run on ``rows`` rows along its row dim ``d``: an argument
+    naming the output shape takes the new row count, and ``view`` becomes ``reshape`` (a row
+    block may not be viewable)."""
+    target = n.target
+    if target in SHAPE_ARG:
+        size = list(args[1])
+        if size[d] != -1:
+            size[d] = rows
+        args = list(args)
+        args[1] = size
+        if target in (aten.view.default, aten._unsafe_view.default):
+            target = aten.reshape.default
+    return target, args
+
+
+class _Prefixes:
+    """Rows ``0..hi`` of a value for block ``b`` of a region (causal attention's keys and
+    values: :func:`graphopt.partition.rowwise.prefix_args`).
+
+    A value computed inside the region is the ``cat`` of the earlier blocks' pieces and this
+    block's, taken where the value is smallest along its layout ops
+    (:func:`~graphopt.partition.rowwise.prefix_chain`), and those ops are replayed on the
+    prefix. A value from outside (or a mask) is sliced ``0..hi``."""
+
+    def __init__(self, g, reg, by_name, blocks, mode):
+        self.g, self.reg, self.by_name, self.blocks, self.mode = g, reg, by_name, blocks, mode
+        self.memo: dict = {}
+
+    def rows(self, a, current, row_dim, dim: int, b: int, hi: int):
+        key = (a.name, row_dim, dim, b)
+        if key in self.memo:
+            return self.memo[key]
+        if a.name in self.reg.dims and row_dim == dim:
+            chain = prefix_chain(self.reg, self.by_name[a.name])
+            pieces = [env[chain[0].name] for env in self.blocks[:b + 1]]
+            out = pieces[0] if b == 0 else _cat_like(self.g, pieces, self.reg.dims[chain[0].name],
+                                                     chain[0].meta, self.mode)
+            for c in chain[1:]:
+                if b == 0:
+                    out = self.blocks[0][c.name]
+                    continue
+                args = [out if isinstance(x, torch.fx.Node) else x for x in c.args]
+                out = _emit(self.g, *_resized(c, args, self.reg.dims[c.name], hi), c.meta,
+                            self.mode, c.kwargs)
+        else:       # from outside the region, or the key dim of a mask sliced by query rows
+            source = a if row_dim is None or row_dim == dim else current
+            out = _emit(self.g, aten.slice.Tensor, (source, dim, 0, hi), a.meta, self.mode)
+        self.memo[key] = out
+        return out
 
 
 def _fake_mode(vals):

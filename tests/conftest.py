@@ -1,8 +1,13 @@
-"""Test set-up: Triton kernels run through the interpreter unless a CUDA device is present."""
+"""Test set-up: Triton kernels run through the interpreter unless a CUDA device is present;
+the checkout's root leaves ``sys.path`` (see :func:`graphopt.unshadow_kernels`)."""
 import os
 
 import pytest
 import torch
+
+import graphopt
+
+graphopt.unshadow_kernels()
 
 if not torch.cuda.is_available():
     # Must be set before triton is first imported anywhere.

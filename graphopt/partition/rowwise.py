@@ -9,6 +9,12 @@ broadcast bias), and :func:`label_region` propagates one anchor's row dimension 
 nodes in both directions. Any op without a rule, any conflict, and any node producing a tuple
 ends the region: what this module accepts is exact, never a guess.
 
+Attention under a causal mask is row-wise too, in a weaker sense: query rows ``lo..hi`` read the
+keys and values of rows ``0..hi`` only (no query sees a later key), so a whole decoder layer runs
+as token blocks where each block also reads the earlier blocks' keys and values
+(:func:`prefix_args`). The mask must be a constant whose causality is checked on its value;
+``is_causal=True`` (anchored at query 0) is refused.
+
 The rules are written here once per kind (``ROW_RULES``: pointwise, reshape, matmul, reduction,
 ...); which kind an op follows, and with which argument positions, is its entry in
 :mod:`graphopt.op_table` (``Op.rows``).
@@ -26,7 +32,8 @@ import torch.fx
 
 from graphopt import op_table
 
-__all__ = ["row_args", "label_region", "Region", "SHAPE_ARG", "ROW_RULES"]
+__all__ = ["row_args", "get_arg", "set_arg", "prefix_args", "prefix_chain", "prefix_bytes",
+           "causal_mask", "constant_value", "label_region", "Region", "SHAPE_ARG", "ROW_RULES"]
 
 
 class _ShapeArgOps(Set):
@@ -65,9 +72,43 @@ def _val(a):
     return a.meta.get("val") if isinstance(a, torch.fx.Node) else None
 
 
-def _tensor_args(node: torch.fx.Node) -> list[tuple[int, torch.fx.Node]]:
-    return [(i, a) for i, a in enumerate(node.args)
-            if isinstance(a, torch.fx.Node) and isinstance(_val(a), torch.Tensor)]
+def _tensor_args(node: torch.fx.Node) -> list[tuple[int | tuple[int, int], torch.fx.Node]]:
+    """``(index, node)`` of each tensor argument; an element of a list argument (``cat``'s
+    tensors) is indexed ``(argument, position)``."""
+    out = []
+    for i, a in enumerate(node.args):
+        if isinstance(a, (list, tuple)):
+            out += [((i, k), x) for k, x in enumerate(a)
+                    if isinstance(x, torch.fx.Node) and isinstance(_val(x), torch.Tensor)]
+        elif isinstance(a, torch.fx.Node) and _rows_shape(_val(a)) is not None:
+            out.append((i, a))
+    return out
+
+
+def _rows_shape(v) -> torch.Size | None:
+    """The shape a value's rows are read from: a tensor's, or the common rank of a tuple of
+    tensors (``split``'s pieces, which share every dim but the split one)."""
+    if isinstance(v, torch.Tensor):
+        return v.shape
+    if isinstance(v, (list, tuple)) and v and all(isinstance(t, torch.Tensor) for t in v) and \
+            len({t.dim() for t in v}) == 1:
+        return v[0].shape
+    return None
+
+
+def get_arg(args, i):
+    """Argument ``i`` of ``args``: an index, or ``(argument, position)`` inside a list."""
+    return args[i[0]][i[1]] if isinstance(i, tuple) else args[i]
+
+
+def set_arg(args: list, i, value) -> None:
+    """Set argument ``i`` (as :func:`get_arg` reads it) in a mutable ``args`` list."""
+    if isinstance(i, tuple):
+        seq = list(args[i[0]])
+        seq[i[1]] = value
+        args[i[0]] = seq
+    else:
+        args[i] = value
 
 
 def _broadcast(node: torch.fx.Node, out: torch.Tensor, d: int) -> dict[int, int | None] | None:
@@ -209,19 +250,165 @@ def _rows_attention(node, out, x, d):
     args = node.args
     if d != out.dim() - 2 or node.kwargs.get("is_causal") or \
             (len(args) > 5 and args[5]) or node.kwargs.get("enable_gqa"):
-        return None   # a causal mask is anchored at query 0: slicing queries would move it
+        return None   # is_causal anchors its mask at query 0: slicing queries would move it
     if op_table.node_effect(node) != op_table.Effect.PURE:
         return None   # dropout: the blocks would draw other numbers than the whole
-    res = {0: x.dim() - 2, 1: None, 2: None}
     mask = args[3] if len(args) > 3 else None
+    if mask is None and node.kwargs.get("attn_mask") is not None:
+        return None
+    causal = causal_mask(mask) if isinstance(mask, torch.fx.Node) else False
+    if causal:        # keys and values by rows too: a block reads rows 0..hi (prefix_args)
+        k, v = _val(args[1]), _val(args[2])
+        if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)) or \
+                k.shape[-2] != out.shape[d] or v.shape[-2] != out.shape[d]:
+            return None
+        res = {0: x.dim() - 2, 1: k.dim() - 2, 2: v.dim() - 2}
+    else:
+        res = {0: x.dim() - 2, 1: None, 2: None}
     if isinstance(mask, torch.fx.Node):
         mv = _val(mask)
         pos = d - (out.dim() - mv.dim())
         res[3] = pos if pos >= 0 and mv.shape[pos] == out.shape[d] and \
             out.shape[d] > 1 else None
-    elif "attn_mask" in node.kwargs and node.kwargs["attn_mask"] is not None:
-        return None
     return res
+
+
+def constant_value(node: torch.fx.Node, depth: int = 0) -> torch.Tensor | None:
+    """The value of a node computed from buffers and constants alone (a causal mask built from
+    ``arange``), evaluated on real tensors; ``None`` when it reads an input, a meta tensor, or
+    anything it cannot evaluate. Memoized in ``node.meta``."""
+    if "graphopt_constant" in node.meta:
+        return node.meta["graphopt_constant"]
+    value = None
+    if node.op == "get_attr":
+        obj = node.graph.owning_module
+        try:
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            value = obj if isinstance(obj, torch.Tensor) and not obj.is_meta else None
+        except AttributeError:
+            value = None
+    elif node.op == "call_function" and depth < 64:
+        env = {}
+        for a in node.all_input_nodes:
+            env[a] = constant_value(a, depth + 1)
+            if env[a] is None:
+                break
+        else:
+            def sub(v):
+                return env[v] if isinstance(v, torch.fx.Node) else v
+            try:
+                from torch._subclasses.fake_tensor import unset_fake_temporarily
+                with unset_fake_temporarily(), torch.no_grad():
+                    out = node.target(*torch.fx.node.map_aggregate(node.args, sub),
+                                      **torch.fx.node.map_aggregate(node.kwargs, sub))
+                value = out if isinstance(out, torch.Tensor) and not out.is_meta else None
+            except Exception:  # noqa: BLE001 - not evaluable here: not a known constant
+                value = None
+    node.meta["graphopt_constant"] = value
+    return value
+
+
+def causal_mask(mask: torch.fx.Node) -> bool:
+    """Whether an attention mask is a constant that lets no query see a later key (a causal or
+    sliding-window mask, boolean or additive): query rows ``lo..hi`` then need keys ``0..hi``
+    only, so the rows of a decoder layer can run in blocks (:func:`prefix_args`)."""
+    if "graphopt_causal" in mask.meta:
+        return mask.meta["graphopt_causal"]
+    value = constant_value(mask)
+    causal = False
+    if value is not None and value.dim() >= 2 and value.shape[-1] == value.shape[-2]:
+        allowed = value if value.dtype == torch.bool else \
+            value > torch.finfo(value.dtype).min / 2 if value.is_floating_point() else None
+        if allowed is not None:
+            causal = not bool(torch.triu(allowed, diagonal=1).any())
+    mask.meta["graphopt_causal"] = causal
+    return causal
+
+
+def prefix_args(node: torch.fx.Node, d: int) -> dict[int, int]:
+    """Arguments a row block reads from row 0 up to its last row rather than its own rows:
+    ``{argument index: dim}``. Attention under a causal mask (:func:`causal_mask`): the keys
+    and values on their row dim, the mask on its key dim. Empty for every other op."""
+    if node.op != "call_function" or op_table.row_rule(node.target) is None or \
+            op_table.row_rule(node.target).kind != "attention":
+        return {}
+    m = row_args(node, d)
+    if not m or m.get(1) is None:
+        return {}
+    out = {1: m[1], 2: m[2]}
+    mv = _val(node.args[3])
+    out[3] = mv.dim() - 1
+    return out
+
+
+def _rows_cat(node, out, x, d):
+    """``cat`` along another dim than the rows: every piece keeps its rows (RoPE's
+    ``rotate_half`` concatenates two halves of the features)."""
+    pieces = list(node.args[0])
+    dim = _norm_dim(node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0), out.dim())
+    vals = [_val(p) for p in pieces]
+    if dim == d or not all(isinstance(p, torch.fx.Node) and isinstance(v, torch.Tensor) and
+                           v.dim() == out.dim() and v.shape[d] == out.shape[d]
+                           for p, v in zip(pieces, vals)):
+        return None
+    return {(0, k): d for k in range(len(pieces))}
+
+
+def _first(v):
+    """A tensor's value itself; a tuple of tensors (``split``) by its first piece."""
+    return v[0] if not isinstance(v, torch.Tensor) and _rows_shape(v) is not None else v
+
+
+_LAYOUT = ("view", "injective")   # op classes a prefix may be replayed through after its cat
+
+
+def prefix_chain(reg: Region, node: torch.fx.Node) -> list[torch.fx.Node]:
+    """``[source, ..., node]``: where a value a block reads as a prefix is best joined. The
+    layout ops leading to ``node`` (each with one tensor argument, labelled in ``reg``) from
+    its smallest ancestor: a grouped-query key before ``repeat_kv``'s expand and reshape is a
+    quarter of the bytes, and that is what a stage boundary between blocks then sends."""
+    from graphopt.cost import op_class
+    chain = [node]
+    while True:
+        n = chain[0]
+        ins = [a for a in n.args if isinstance(a, torch.fx.Node)]
+        if op_class(n.target) not in _LAYOUT or len(ins) != 1 or \
+                ins[0].name not in reg.dims or len(n.all_input_nodes) != 1:
+            break
+        chain.insert(0, ins[0])
+    sizes = [_nbytes(c) for c in chain]
+    start = min(range(len(chain)), key=lambda i: (sizes[i], -i))
+    return chain[start:]
+
+
+def prefix_bytes(reg: Region, nodes: dict[str, torch.fx.Node]) -> int:
+    """Bytes of the values the region's blocks read as prefixes, each where it is joined
+    (:func:`prefix_chain`): a boundary between blocks sends their rows done so far."""
+    seen = set()
+    for name, pre in reg.prefix.items():
+        for i in pre:
+            a = get_arg(nodes[name].args, i)
+            if isinstance(a, torch.fx.Node) and a.name in reg.dims and pre[i] == reg.args[name].get(i):
+                seen.add(prefix_chain(reg, a)[0])
+    return sum(_nbytes(n) for n in seen)
+
+
+def _nbytes(n: torch.fx.Node) -> int:
+    v = _val(n)
+    return v.numel() * v.element_size() if isinstance(v, torch.Tensor) else 1 << 62
+
+
+def _rows_split(node, out, x, d, dim_arg):
+    """``split`` along another dim than the rows: every piece keeps the rows."""
+    dim = node.args[dim_arg] if len(node.args) > dim_arg else node.kwargs.get("dim", 0)
+    return None if _norm_dim(dim, x.dim()) == d else {0: d}
+
+
+def _rows_getitem(node, out, x, d):
+    """One piece of a tuple whose pieces all carry the rows on the same dim."""
+    return {0: d} if isinstance(node.args[0], torch.fx.Node) and \
+        _rows_shape(_val(node.args[0])) is not None else None
 
 
 def _rows_embedding(node, out, x, d):
@@ -234,9 +421,10 @@ ROW_RULES = {"pointwise": _rows_pointwise, "dropout": _rows_dropout,
              "along_dim": _rows_along_dim, "select": _rows_select, "mm": _rows_mm,
              "addmm": _rows_addmm, "leading": _rows_leading,
              "batched_matmul": _rows_batched_matmul, "reduce": _rows_reduce,
-             "attention": _rows_attention, "embedding": _rows_embedding}
-# Kinds that read no tensor from the first argument: broadcasting handles scalars.
-_POINTWISE_KINDS = {"pointwise", "dropout"}
+             "attention": _rows_attention, "embedding": _rows_embedding, "cat": _rows_cat,
+             "split": _rows_split, "getitem": _rows_getitem}
+# Kinds that need no tensor as the first argument: broadcasting handles scalars; cat's is a list.
+_POINTWISE_KINDS = {"pointwise", "dropout", "cat", "getitem"}
 _POINTWISE_RULE = op_table.rows("pointwise")
 
 
@@ -252,7 +440,7 @@ def row_args(node: torch.fx.Node, d: int) -> dict[int, int | None] | None:
         >>> row_args(addmm_node, 0)     # addmm(bias, x, w): rows of x, bias and w whole
         {0: None, 1: 0, 2: None}
     """
-    out = _val(node)
+    out = _first(_val(node))
     if node.op != "call_function" or not isinstance(out, torch.Tensor) or not 0 <= d < out.dim():
         return None
     t = node.target
@@ -272,7 +460,7 @@ def row_args(node: torch.fx.Node, d: int) -> dict[int, int | None] | None:
 
 def _output_dim(node: torch.fx.Node, known: dict[int, int | None], rows: int) -> int | None:
     """The unique output row dim consistent with the labels already known on its arguments."""
-    out = _val(node)
+    out = _first(_val(node))
     if not isinstance(out, torch.Tensor):
         return None
     found = []
@@ -289,7 +477,9 @@ def _output_dim(node: torch.fx.Node, known: dict[int, int | None], rows: int) ->
 class Region:
     """A labelled region: ``dims[name]`` is the row dim of each node computed per block;
     ``external[name]`` the row dim of each outside tensor sliced per block; ``whole`` the
-    outside (or unlabelled inside) tensors every block uses in full."""
+    outside (or unlabelled inside) tensors every block uses in full; ``prefix[name]`` the
+    arguments of a node that its block reads from row 0 up to the block's last row
+    (:func:`prefix_args`: causal attention's keys, values and mask)."""
 
     rows: int
     anchor: str = ""
@@ -298,6 +488,7 @@ class Region:
     external: dict[str, int] = field(default_factory=dict)
     whole: set[str] = field(default_factory=set)
     args: dict[str, dict[int, int | None]] = field(default_factory=dict)
+    prefix: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 def label_region(nodes: list[torch.fx.Node], anchor: torch.fx.Node, dim: int) -> Region | None:
@@ -323,6 +514,8 @@ def label_region(nodes: list[torch.fx.Node], anchor: torch.fx.Node, dim: int) ->
         if m is None:
             return None
         reg.args[n.name] = m
+        if pre := prefix_args(n, reg.dims[n.name]):
+            reg.prefix[n.name] = pre
         for i, a in _tensor_args(n):
             j = m.get(i)
             if a.name in inside:
@@ -338,9 +531,11 @@ def label_region(nodes: list[torch.fx.Node], anchor: torch.fx.Node, dim: int) ->
                     todo.append(a)
             elif j is None:
                 reg.whole.add(a.name)
-            elif reg.external.setdefault(a.name, j) != j:
-                return None
+            elif not isinstance(_val(a), torch.Tensor) or reg.external.setdefault(a.name, j) != j:
+                return None     # a tuple from outside cannot be sliced: its split comes in too
         for u in n.users:
+            if u.name not in inside and not isinstance(_val(n), torch.Tensor):
+                return None     # a tuple's pieces are taken inside, or it cannot be re-joined
             if u.name not in inside or u.name in reg.dims:
                 continue
             known = {i: reg.dims[a.name] for i, a in _tensor_args(u) if a.name in reg.dims}

@@ -29,7 +29,7 @@ from graphopt.cost import OpClass
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
 from graphopt.partition.costgraph import CostGraph
-from graphopt.partition.rowwise import Region, label_region
+from graphopt.partition.rowwise import Region, label_region, prefix_bytes
 
 __all__ = ["SPLITTABLE", "STRATEGIES", "BALANCES", "Cut", "node_split_kind", "plan_splits",
            "prune_cuts", "cuts_from_dicts"]
@@ -37,7 +37,8 @@ __all__ = ["SPLITTABLE", "STRATEGIES", "BALANCES", "Cut", "node_split_kind", "pl
 aten = torch.ops.aten
 STRATEGIES = ("rows", "nodes")
 BALANCES = ("flops", "time")
-_MAX_SPAN = 48       # nodes a region may hold: a transformer block's FFN is about 15-20
+_MAX_SPAN = 128      # nodes a region may hold: a decoder layer is about 60
+_STEP = 5            # nodes a region grows by at most in one step (a split and its getitems)
 _EDGES = (0.5, 0.95)  # extra cuts at these fractions of the tolerance on either side of a target
 
 # op -> index of the operand whose rows are split (convolution: output channels instead)
@@ -151,7 +152,9 @@ def _region_cost(lay: _Layout, a: int, b: int, reg) -> float:
     """Bytes a boundary inside rows ``a..b`` sends at worst: the larger of the cuts at its two
     ends plus the tensors every block needs whole."""
     whole = sum(lay.infos[lay.pos[w]].out_bytes for w in reg.whole if w in lay.pos)
-    return max(lay.cut[a], lay.cut[b + 1]) + whole
+    # causal attention's keys and values: a boundary halfway sends half of them
+    prefix = prefix_bytes(reg, {n.name: n for n in lay.fx[a:b + 1]}) / 2
+    return max(lay.cut[a], lay.cut[b + 1]) + whole + prefix
 
 
 def _find_region(lay: _Layout, i: int, floor: int, giants: set[int]
@@ -170,10 +173,18 @@ def _find_region(lay: _Layout, i: int, floor: int, giants: set[int]
         if ok(i, i) is None:
             continue
         lo = hi = i
-        while hi + 1 < len(lay.fx) and hi - lo < _MAX_SPAN and ok(lo, hi + 1) is not None:
-            hi += 1
-        while lo - 1 > floor and hi - lo < _MAX_SPAN and ok(lo - 1, hi) is not None:
-            lo -= 1
+        grow_lo = grow_hi = True        # both ways in turn: a boundary mid-layer wants the
+        while (grow_lo or grow_hi) and hi - lo < _MAX_SPAN:   # layer's start and end
+            if grow_hi:
+                # a few nodes at once where one alone cannot end a region (a split before
+                # the getitems that take its pieces)
+                step = next((s for s in range(1, _STEP + 1) if hi + s < len(lay.fx) and
+                             ok(lo, hi + s) is not None), 0)
+                grow_hi, hi = step > 0, hi + step
+            if grow_lo and hi - lo < _MAX_SPAN:
+                step = next((s for s in range(1, _STEP + 1) if lo - s > floor and
+                             ok(lo - s, hi) is not None), 0)
+                grow_lo, lo = step > 0, lo - step
         # cheapest ends first; among equals the fewest kernels, since every block runs each
         # of the region's kernels once more
         spans = sorted((max(lay.cut[a], lay.cut[b + 1]), int(launches[b + 1] - launches[a]),

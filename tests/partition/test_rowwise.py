@@ -2,8 +2,9 @@
 
 The rules are exact or refuse: every region the labelling accepts is cut into blocks here and run
 against the uncut graph on fresh random inputs (hypothesis draws the op chains), and the ops that
-mix rows (softmax or a sum over the rows, causal attention, a reshape that merges the rows with
-another dimension) must end a region.
+mix rows (softmax or a sum over the rows, attention with ``is_causal``, a reshape that merges the
+rows with another dimension) must end a region. Attention under a constant causal mask is cut
+too: each block reads the keys and values of the rows up to its last.
 """
 import pytest
 import torch
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import graphopt
-from graphopt.partition.rowwise import label_region, row_args
+from graphopt.partition.rowwise import causal_mask, label_region, prefix_args, row_args
 from graphopt.partition.split_plan import Cut
 from graphopt.passes import check_invariants
 from graphopt.passes.split_ops import apply_splits
@@ -169,3 +170,95 @@ def test_random_ops_end_a_region():
             return F.dropout(self.lin(x), 0.5, training=True)
 
     assert _region_of(Drop(), torch.randn(2, 12, 16), 1) is None
+
+
+# -- causal attention: blocks of query rows read the earlier blocks' keys and values ------------
+class _CausalLayer(nn.Module):
+    """A pre-norm decoder layer with grouped-query attention under a constant causal mask (as
+    transformers builds it: from ``arange``), RoPE's ``rotate_half`` (a ``cat`` of halves), a
+    fused q/k/v projection ``split`` into pieces, and an MLP."""
+
+    def __init__(self, d=16, heads=4, kv_heads=2, window=None):
+        super().__init__()
+        self.h, self.kv, self.hd, self.window = heads, kv_heads, d // heads, window
+        self.norm = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, (heads + 2 * kv_heads) * self.hd)
+        self.out = nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(),
+                                 nn.Linear(2 * d, d))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        pos = torch.arange(t)
+        mask = pos[None, :] <= pos[:, None]
+        if self.window is not None:
+            mask = mask & (pos[:, None] - pos[None, :] < self.window)
+        q, k, v = self.qkv(self.norm(x)).split([self.h * self.hd, self.kv * self.hd,
+                                                self.kv * self.hd], dim=-1)
+        q = q.view(b, t, self.h, self.hd).transpose(1, 2)
+        k = k.view(b, t, self.kv, self.hd).transpose(1, 2)
+        v = v.view(b, t, self.kv, self.hd).transpose(1, 2)
+        half = self.hd // 2
+        k = torch.cat([-k[..., half:], k[..., :half]], dim=-1) * 0.5 + k
+        rep = self.h // self.kv
+        k = k[:, :, None].expand(b, self.kv, rep, t, self.hd).reshape(b, self.h, t, self.hd)
+        v = v[:, :, None].expand(b, self.kv, rep, t, self.hd).reshape(b, self.h, t, self.hd)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None, None])
+        x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(x)
+
+
+def _causal_region(model, x):
+    graph = graphopt.capture(model.eval(), (x,))
+    nodes = _compute(graph)
+    anchor = next(n for n in nodes if n.target == torch.ops.aten.linear.default)
+    return graph, nodes, label_region(nodes, anchor, 1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(tokens=st.integers(3, 17), batch=st.integers(1, 2), window=st.sampled_from([None, 3]),
+       fracs=st.lists(st.floats(0.05, 0.95), min_size=1, max_size=3))
+def test_causal_layers_cut_into_token_blocks_equal_eager(tokens, batch, window, fracs):
+    torch.manual_seed(tokens)
+    model = nn.Sequential(_CausalLayer(window=window), _CausalLayer(window=window)).eval()
+    graph, nodes, reg = _causal_region(model, torch.randn(batch, tokens, 16))
+    assert reg is not None, "a causal decoder layer was refused"
+    assert set(reg.dims) == {n.name for n in nodes}          # every op computed per block
+    assert len(reg.prefix) == 2 and all(set(p) == {1, 2, 3} for p in reg.prefix.values())
+    cuts = sorted({min(max(round(f * tokens), 1), tokens - 1) for f in fracs})
+    split = graph.copy()
+    apply_splits(split, [Cut([n.name for n in nodes], cuts, reg)])
+    check_invariants(split)
+    x = torch.randn(batch, tokens, 16)
+    with torch.no_grad():
+        assert max_rel_err(split.run(x), (model(x),)) < 1e-5
+
+
+def test_a_block_joins_grouped_keys_before_they_are_repeated():
+    """The prefix ``cat`` is taken on the 2 key heads, not on the 4 repeated ones: a stage
+    boundary between blocks sends the smaller tensor."""
+    graph, nodes, reg = _causal_region(_CausalLayer(), torch.randn(1, 8, 16))
+    split = graph.copy()
+    apply_splits(split, [Cut([n.name for n in nodes], [3], reg)])
+    tokens_cats = [n for n in split.fx_nodes() if n.target == torch.ops.aten.cat.default and
+                   n.meta["val"].dim() >= 4 and n.args[1] % n.meta["val"].dim() !=
+                   n.meta["val"].dim() - 1]      # not rotate_half's cat of feature halves
+    assert len(tokens_cats) == 2             # keys and values, joined once each
+    for n in tokens_cats:                    # 8 tokens x 2 kv heads x 4, not x 4 heads
+        assert n.meta["val"].numel() == 8 * 2 * 4
+
+
+def test_a_mask_that_lets_a_query_see_later_keys_is_not_causal():
+    class Full(_CausalLayer):
+        def forward(self, x):
+            b, t, d = x.shape
+            q = self.qkv(self.norm(x))[..., :d].view(b, t, self.h, self.hd).transpose(1, 2)
+            mask = torch.ones(t, t, dtype=torch.bool)           # every key: not causal
+            a = F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+            return x + self.out(a.transpose(1, 2).reshape(b, t, d))
+
+    _, _, reg = _causal_region(Full(), torch.randn(1, 8, 16))
+    assert reg is None       # keys needed whole, but they come from the rows: no region
+    sdpa = next(n for n in graphopt.capture(Full().eval(), (torch.randn(1, 8, 16),)).fx_nodes()
+                if n.target == torch.ops.aten.scaled_dot_product_attention.default)
+    assert not causal_mask(sdpa.args[3]) and prefix_args(sdpa, 2) == {}
