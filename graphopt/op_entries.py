@@ -162,6 +162,9 @@ _INJECTIVE = [
     Op("_to_copy", C.INJECTIVE, fuse={"default": _pw("{0}", "r", check="same_device_cast")},
        rows={"default": POINTWISE_ROWS}),
     Op("contiguous", C.INJECTIVE, rows={"default": POINTWISE_ROWS}),
+    # a cast to the other tensor's dtype (Gemma's RMSNorm ends in one): the other is read for
+    # its dtype alone, so its rows may be sliced with the first's
+    Op("type_as", C.INJECTIVE, rows={"default": POINTWISE_ROWS}),
     # A copy of a lifted constant, not a view of it: it allocates.
     Op("lift_fresh_copy", C.INJECTIVE, fuse={"default": _pw("{0}", "r")},
        rows={"default": POINTWISE_ROWS}),

@@ -23,8 +23,9 @@ the same parts and reports ``modified=False`` the second time.
 
 Complexity: see :mod:`graphopt.partition.search` (about O(k C^2 + E) per dynamic program plus a
 few METIS runs and one MILP of at most two seconds; a second or two for 20k nodes), once per
-variant: with ``split="auto"`` up to eleven searches (each cut variant twice: all offered cuts,
-then only those the plan used, the second without the MILP).
+variant: with ``split="auto"`` up to nineteen searches (each cut variant twice: all offered cuts,
+then only those the plan used, the second without the MILP; and where the plan used more cuts
+than it has boundaries, the same again with one cut per ideal boundary).
 """
 from __future__ import annotations
 
@@ -86,17 +87,32 @@ def _searched(name: str, graph: Graph, split: dict, opts: PartitionOptions) -> _
 
 def _split_variant(graph: Graph, opts: PartitionOptions, strategy: str, balance: str,
                    seen: set, giants: bool = False) -> _Variant | None:
-    """Cut a copy at every offered point, partition it, then cut a fresh copy at only the
-    points the plan's boundaries used (each unused block costs kernel launches) and partition
-    that; the better of the two plans is kept."""
-    cuts = plan_splits(graph, opts.k, opts.imbalance, opts.speeds, strategy, balance,
-                       opts.device, giants)
-    key = tuple((tuple(c.nodes), tuple(c.cuts)) for c in cuts)
-    if not cuts or key in seen:
-        return None
-    seen.add(key)
-    g = graph.copy()
+    """Cut a copy at every offered point and partition it (:func:`_cut_and_search`). Where the
+    plan used more cuts than there are boundaries (a decoder layer's token blocks, each split
+    again at its own node boundary), also cut at one point per ideal boundary only. The plan
+    the ranking rule prefers is kept."""
     name = f"{strategy}/{balance}" + ("+giants" if giants else "")
+    tried = []
+    for spread in (True, False):
+        cuts = plan_splits(graph, opts.k, opts.imbalance, opts.speeds, strategy, balance,
+                           opts.device, giants, spread=spread)
+        key = tuple((tuple(c.nodes), tuple(c.cuts)) for c in cuts)
+        if not cuts or key in seen:
+            continue
+        seen.add(key)
+        found = _cut_and_search(graph, opts, name, cuts)
+        if found is not None:
+            tried.append(found)
+        if found is None or sum(len(c.cuts) for c in found.cuts) <= opts.k - 1:
+            break
+    return _pick(tried, opts) if tried else None
+
+
+def _cut_and_search(graph: Graph, opts: PartitionOptions, name: str, cuts: list
+                    ) -> _Variant | None:
+    """Partition a copy cut at ``cuts``, then a fresh copy cut at only the points the plan's
+    boundaries used (each unused block costs kernel launches); the better plan is kept."""
+    g = graph.copy()
     first = _searched(name, g, apply_splits(g, cuts), opts)
     if first is None:
         return None

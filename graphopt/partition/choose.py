@@ -8,11 +8,18 @@ not in the difference: they measure how kernels are launched (fusion and CUDA gr
 of them), not the plan's work, and on a small model they would decide every comparison: a plan
 that sends 4.4x fewer bytes must not lose over a 4% difference made of launches, nor an FFN block
 cut into token blocks over the kernels each block launches again. On a large model work is
-nearly all of the time and the rule is a plain 10% threshold. Bytes are exact. So, among the
-plans that meet the balance asked for (all of them when none does):
+nearly all of the time and the rule is a plain 10% threshold. Bytes are exact.
 
-* ``volume`` (the default): the plans within the threshold count as equally fast; among those,
-  fewest bytes, then the simpler plan (fewer cut blocks), then the faster by the full estimate;
+Fixed costs are left out of that difference, not ignored without bound: a plan whose full
+estimate is more than ``1 + FIXED_SLACK`` (2x) another's, where the other sends at most
+``BYTES_SLACK`` (10%) more bytes, gives way to it. A decoder layer cut into six token blocks
+launches each of its kernels six times; saving 6% of the bytes that way is not worth a stage
+three times slower. So, among the plans that meet the balance asked for (all of them when none
+does):
+
+* ``volume`` (the default): the plans within the threshold count as equally fast; those that
+  give way as above drop out; among the rest, fewest bytes, then the simpler plan (fewer cut
+  blocks), then the faster by the full estimate;
 * ``time``: the fastest plan by the full estimate (fixed costs included); bytes, then
   simplicity, break exact ties.
 
@@ -27,11 +34,14 @@ from typing import TypeVar
 
 from graphopt.partition.metrics import Metrics
 
-__all__ = ["TIME_SLACK", "OBJECTIVES", "best_plan", "choice_notes"]
+__all__ = ["TIME_SLACK", "FIXED_SLACK", "BYTES_SLACK", "OBJECTIVES", "best_plan",
+           "gives_way", "choice_notes"]
 
 T = TypeVar("T")
 
 TIME_SLACK = 0.10
+FIXED_SLACK = 1.0     # a full estimate more than 2x another's ...
+BYTES_SLACK = 0.10    # ... that sends at most 10% more bytes: the slower plan gives way
 OBJECTIVES = ("volume", "time")
 
 
@@ -62,10 +72,21 @@ def best_plan(pool: Sequence[T], metrics_of: Callable[[T], Metrics], objective: 
         scale = min(metrics_of(c).bottleneck_seconds for c in pool)
         near = [c for c in pool if metrics_of(c).bottleneck_work - least <=
                 time_slack * max(scale, least) * (1 + 1e-12) + 1e-15]
+        ms = [metrics_of(c) for c in near]
+        # the plan with the least full estimate never gives way, so one always stays
+        near = [c for c, m in zip(near, ms) if not any(gives_way(m, o) for o in ms)]
         return min(near, key=lambda c: (metrics_of(c).comm_bytes, simple(c),
                                         metrics_of(c).bottleneck_seconds))
     return min(pool, key=lambda c: (metrics_of(c).bottleneck_seconds, metrics_of(c).comm_bytes,
                                     simple(c)))
+
+
+def gives_way(m: Metrics, other: Metrics) -> bool:
+    """Whether plan ``m`` loses to ``other`` on fixed costs (module docstring): its full
+    estimate more than ``1 + FIXED_SLACK`` times the other's, for at most ``BYTES_SLACK`` fewer
+    bytes than the other sends."""
+    return other.comm_bytes <= m.comm_bytes * (1 + BYTES_SLACK) and \
+        m.bottleneck_seconds > (1 + FIXED_SLACK) * other.bottleneck_seconds
 
 
 def _times(m: Metrics) -> str:
@@ -87,9 +108,15 @@ def choice_notes(kept: Metrics, fewest: Metrics | None, equal: Metrics | None, *
     """
     notes = []
     if fewest is not None and fewest.comm_bytes < kept.comm_bytes:
-        why = (f"its work exceeds the least by more than {time_slack:.0%} of the fastest "
-               "plan's stage time" if objective == "volume"
-               else "slower (objective time keeps the fastest)")
+        if objective != "volume":
+            why = "slower (objective time keeps the fastest)"
+        elif gives_way(fewest, kept):
+            why = (f"its slowest stage is more than {1 + FIXED_SLACK:.0f}x this plan's by the "
+                   f"full estimate (kernel launches of its cut blocks) for at most "
+                   f"{BYTES_SLACK:.0%} fewer bytes")
+        else:
+            why = (f"its work exceeds the least by more than {time_slack:.0%} of the fastest "
+                   "plan's stage time")
         notes.append(f"a plan sending {fewest.comm_bytes:,} B ({_times(fewest)}) exists but "
                      f"{why}; kept {kept.comm_bytes:,} B ({_times(kept)})")
     if equal is not None and kept.comm_bytes > equal.comm_bytes:

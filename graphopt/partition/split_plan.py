@@ -7,7 +7,9 @@ tensors crossing it are four times the hidden state. Two ways to cut, each exact
 
 * **row regions** (:mod:`graphopt.partition.rowwise`): a stretch of row-wise ops (LayerNorm, matmul, GELU,
   matmul, residual add: a transformer FFN block) computed as token blocks, so a boundary between
-  blocks sends hidden-size rows: the rows still to do, and the rows done.
+  blocks sends hidden-size rows: the rows still to do, and the rows done. Under a causal mask a
+  whole decoder layer is such a region; a boundary then also sends the earlier rows' keys and
+  values (half of them are priced into the region's cost).
 * **single nodes**: a matmul's rows, attention's heads or a convolution's output channels.
 
 :func:`plan_splits` places ideal boundaries (equal FLOPs shares, or the cost model's time
@@ -310,7 +312,8 @@ def _row_cut(t: float, start: float, work: float, rows: int) -> int | None:
 
 
 def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "rows",
-                balance: str = "flops", device: str = "h100", giants: bool = False) -> list[Cut]:
+                balance: str = "flops", device: str = "h100", giants: bool = False,
+                spread: bool = True) -> list[Cut]:
     """The cuts to make, for one strategy and one way of placing the ideal boundaries.
 
     * ``rows``: at each ideal boundary, if a row-wise region around it sends fewer bytes than
@@ -318,8 +321,8 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
       boundary lies within the tolerance and no region exists, the straddling node is cut alone.
     * ``nodes``: the node straddling each ideal boundary is cut alone.
 
-    Cuts go at the boundary and at fractions of the tolerance either side, so the partitioner
-    can take the one that sends least (few rows of a matmul whose output is wider than its
+    Cuts go at the boundary and (with ``spread``) at fractions of the tolerance either side, so
+    the partitioner can take the one that sends least (few rows of a matmul whose output is wider than its
     input, most rows of one that narrows). ``balance`` places the ideal boundaries: ``flops`` at
     equal FLOPs shares, ``time`` where the cost model's time on ``device`` balances with no
     part above its FLOPs share (nothing when devices differ in speed or a node outweighs 1/k).
@@ -332,6 +335,7 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
         >>> [(c.label, c.cuts) for c in cuts]
         [('rows of layer_norm_17..add_39', [41, 58, 62])]
     """
+    spread_cuts = spread
     if strategy not in STRATEGIES:
         raise PlanError(f"unknown split strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     if balance not in BALANCES:
@@ -385,7 +389,8 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
             single.setdefault(i, []).append(t)
 
     def spread(ts: list[float]) -> list[float]:
-        return ts + [t + side * e * width for t in ts for e in _EDGES for side in (-1, 1)]
+        edges = _EDGES if spread_cuts else ()
+        return ts + [t + side * e * width for t in ts for e in edges for side in (-1, 1)]
 
     out: list[Cut] = []
     for a, b, reg, _, ts in regions:

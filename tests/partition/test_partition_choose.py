@@ -1,7 +1,7 @@
-"""The one ranking rule: bytes first, time only past the threshold, both numbers in the notes."""
+"""The one ranking rule: bytes first, time only past the thresholds, both numbers in the notes."""
 import pytest
 
-from graphopt.partition.choose import TIME_SLACK, best_plan, choice_notes
+from graphopt.partition.choose import TIME_SLACK, best_plan, choice_notes, gives_way
 from graphopt.partition.metrics import Metrics
 
 
@@ -62,3 +62,20 @@ def test_notes_give_both_plans_numbers():
     assert "300,000 B" in notes[1] and "12.0% out of balance" in notes[1]
     assert choice_notes(kept, kept, _m(500_000, 90.0, 60.0), objective="volume",
                         time_slack=0.1, imbalance=0.03, equal_admissible=True) == []
+
+
+def test_a_plan_three_times_slower_in_launches_gives_way_to_one_sending_a_little_more():
+    """Fixed costs are left out of the work threshold but not without bound: a stage more than
+    twice as slow by the full estimate, bought for at most 10% fewer bytes, gives way."""
+    blocks = ("six blocks", _m(444_928, full_us=806.0, work_us=7.7))
+    single = ("one cut", _m(473_600, full_us=274.0, work_us=7.0))
+    whole = ("whole", _m(819_200, full_us=155.0, work_us=5.1))
+    assert _pick([blocks, single, whole]) == "one cut"
+    assert gives_way(blocks[1], single[1]) and not gives_way(single[1], whole[1])
+    # the 4.4x case above is untouched: 4% slower, far more than 10% fewer bytes
+    assert not gives_way(_m(100_000, 104.0, 5.0), _m(440_000, 100.0, 5.0))
+    # 11% fewer bytes keep their plan however slow its launches
+    assert _pick([("blocks", _m(420_000, 806.0, 7.7)), single]) == "blocks"
+    notes = choice_notes(single[1], blocks[1], None, objective="volume", time_slack=0.1,
+                         imbalance=0.03, equal_admissible=True)
+    assert len(notes) == 1 and "444,928 B" in notes[0] and "more than 2x" in notes[0]
