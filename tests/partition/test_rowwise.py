@@ -215,7 +215,7 @@ def _causal_region(model, x):
     return graph, nodes, label_region(nodes, anchor, 1)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(tokens=st.integers(3, 17), batch=st.integers(1, 2), window=st.sampled_from([None, 3]),
        fracs=st.lists(st.floats(0.05, 0.95), min_size=1, max_size=3))
 def test_causal_layers_cut_into_token_blocks_equal_eager(tokens, batch, window, fracs):
