@@ -29,8 +29,10 @@ from math import prod
 
 import torch
 import torch.fx
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from graphopt import op_table
+from graphopt.cost import op_class
 
 __all__ = ["row_args", "get_arg", "set_arg", "prefix_args", "prefix_chain", "prefix_bytes",
            "causal_mask", "constant_value", "label_region", "Region", "SHAPE_ARG", "ROW_RULES"]
@@ -273,40 +275,44 @@ def _rows_attention(node, out, x, d):
     return res
 
 
-def constant_value(node: torch.fx.Node, depth: int = 0) -> torch.Tensor | None:
+def constant_value(node: torch.fx.Node) -> torch.Tensor | None:
     """The value of a node computed from buffers and constants alone (a causal mask built from
     ``arange``), evaluated on real tensors; ``None`` when it reads an input, a meta tensor, or
-    anything it cannot evaluate. Memoized in ``node.meta``."""
-    if "graphopt_constant" in node.meta:
-        return node.meta["graphopt_constant"]
-    value = None
-    if node.op == "get_attr":
-        obj = node.graph.owning_module
-        try:
-            for part in str(node.target).split("."):
-                obj = getattr(obj, part)
-            value = obj if isinstance(obj, torch.Tensor) and not obj.is_meta else None
-        except AttributeError:
-            value = None
-    elif node.op == "call_function" and depth < 64:
-        env = {}
-        for a in node.all_input_nodes:
-            env[a] = constant_value(a, depth + 1)
-            if env[a] is None:
-                break
-        else:
-            def sub(v):
-                return env[v] if isinstance(v, torch.fx.Node) else v
+    anything it cannot evaluate. Nothing is kept: callers memoize what they conclude."""
+    memo: dict[torch.fx.Node, torch.Tensor | None] = {}
+
+    def value_of(n: torch.fx.Node, depth: int) -> torch.Tensor | None:
+        if n in memo:
+            return memo[n]
+        value = None
+        if n.op == "get_attr":
+            obj = n.graph.owning_module
             try:
-                from torch._subclasses.fake_tensor import unset_fake_temporarily
-                with unset_fake_temporarily(), torch.no_grad():
-                    out = node.target(*torch.fx.node.map_aggregate(node.args, sub),
-                                      **torch.fx.node.map_aggregate(node.kwargs, sub))
-                value = out if isinstance(out, torch.Tensor) and not out.is_meta else None
-            except Exception:  # noqa: BLE001 - not evaluable here: not a known constant
+                for part in str(n.target).split("."):
+                    obj = getattr(obj, part)
+                value = obj if isinstance(obj, torch.Tensor) and not obj.is_meta else None
+            except AttributeError:
                 value = None
-    node.meta["graphopt_constant"] = value
-    return value
+        elif n.op == "call_function" and depth < 64:
+            env = {}
+            for a in n.all_input_nodes:
+                env[a] = value_of(a, depth + 1)
+                if env[a] is None:
+                    break
+            else:
+                def sub(v):
+                    return env[v] if isinstance(v, torch.fx.Node) else v
+                try:
+                    with unset_fake_temporarily(), torch.no_grad():
+                        out = n.target(*torch.fx.node.map_aggregate(n.args, sub),
+                                       **torch.fx.node.map_aggregate(n.kwargs, sub))
+                    value = out if isinstance(out, torch.Tensor) and not out.is_meta else None
+                except Exception:  # noqa: BLE001 - not evaluable here: not a known constant
+                    value = None
+        memo[n] = value
+        return value
+
+    return value_of(node, 0)
 
 
 def causal_mask(mask: torch.fx.Node) -> bool:
@@ -368,7 +374,6 @@ def prefix_chain(reg: Region, node: torch.fx.Node) -> list[torch.fx.Node]:
     layout ops leading to ``node`` (each with one tensor argument, labelled in ``reg``) from
     its smallest ancestor: a grouped-query key before ``repeat_kv``'s expand and reshape is a
     quarter of the bytes, and that is what a stage boundary between blocks then sends."""
-    from graphopt.cost import op_class
     chain = [node]
     while True:
         n = chain[0]
