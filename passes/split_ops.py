@@ -163,15 +163,13 @@ class _Prefixes:
         key = (a.name, row_dim, dim, b)
         if key in self.memo:
             return self.memo[key]
-        if a.name in self.reg.dims and row_dim == dim:
+        if a.name in self.reg.dims and row_dim == dim and b == 0:
+            out = self.blocks[0][a.name]        # the first block's prefix is its own rows
+        elif a.name in self.reg.dims and row_dim == dim:
             chain = prefix_chain(self.reg, self.by_name[a.name])
-            pieces = [env[chain[0].name] for env in self.blocks[:b + 1]]
-            out = pieces[0] if b == 0 else _cat_like(self.g, pieces, self.reg.dims[chain[0].name],
-                                                     chain[0].meta, self.mode)
+            out = _cat_like(self.g, [env[chain[0].name] for env in self.blocks[:b + 1]],
+                            self.reg.dims[chain[0].name], chain[0].meta, self.mode)
             for c in chain[1:]:
-                if b == 0:
-                    out = self.blocks[0][c.name]
-                    continue
                 args = [out if isinstance(x, torch.fx.Node) else x for x in c.args]
                 out = _emit(self.g, *_resized(c, args, self.reg.dims[c.name], hi), c.meta,
                             self.mode, c.kwargs)

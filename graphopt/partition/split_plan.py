@@ -322,9 +322,9 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
     * ``nodes``: the node straddling each ideal boundary is cut alone.
 
     Cuts go at the boundary and (with ``spread``) at fractions of the tolerance either side, so
-    the partitioner can take the one that sends least (few rows of a matmul whose output is wider than its
-    input, most rows of one that narrows). ``balance`` places the ideal boundaries: ``flops`` at
-    equal FLOPs shares, ``time`` where the cost model's time on ``device`` balances with no
+    the partitioner can take the one that sends least (few rows of a matmul whose output is
+    wider than its input, most rows of one that narrows). ``balance`` places the ideal
+    boundaries: ``flops`` at equal FLOPs shares, ``time`` where the cost model's time on ``device`` balances with no
     part above its FLOPs share (nothing when devices differ in speed or a node outweighs 1/k).
     A node heavier than ``total/k`` normally keeps a part to itself (the plan says so); with
     ``giants`` (``nodes`` strategy only) it is cut at the equal-FLOPs boundaries like any other,
@@ -335,7 +335,6 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
         >>> [(c.label, c.cuts) for c in cuts]
         [('rows of layer_norm_17..add_39', [41, 58, 62])]
     """
-    spread_cuts = spread
     if strategy not in STRATEGIES:
         raise PlanError(f"unknown split strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     if balance not in BALANCES:
@@ -388,8 +387,8 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
         elif not len(near):
             single.setdefault(i, []).append(t)
 
-    def spread(ts: list[float]) -> list[float]:
-        edges = _EDGES if spread_cuts else ()
+    def around(ts: list[float]) -> list[float]:
+        edges = _EDGES if spread else ()
         return ts + [t + side * e * width for t in ts for e in edges for side in (-1, 1)]
 
     out: list[Cut] = []
@@ -397,7 +396,7 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
         lab = [p for p in range(a, b + 1) if lay.fx[p].name in reg.dims]
         start = lay.before[a] + sum(flops[p] for p in range(a, b + 1) if p not in lab)
         work = float(sum(flops[p] for p in lab))
-        cuts = sorted({c for t in spread(ts) if (c := _row_cut(t, start, work, reg.rows))})
+        cuts = sorted({c for t in around(ts) if (c := _row_cut(t, start, work, reg.rows))})
         if cuts:
             out.append(Cut([lay.fx[p].name for p in range(a, b + 1)], cuts, reg))
     inside = {p for a, b, *_ in regions for p in range(a, b + 1)}
@@ -407,7 +406,7 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
         how = node_split_kind(lay.fx[i])
         if how is None or how[0] < 2 or not _cheap_to_cut(lay.fx[i], how[1]):
             continue
-        cuts = sorted({c for t in spread(ts)
+        cuts = sorted({c for t in around(ts)
                        if (c := _row_cut(t, lay.before[i], float(flops[i]), how[0]))})
         if cuts:
             out.append(Cut([lay.fx[i].name], cuts))
