@@ -324,8 +324,9 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
     Cuts go at the boundary and (with ``spread``) at fractions of the tolerance either side, so
     the partitioner can take the one that sends least (few rows of a matmul whose output is
     wider than its input, most rows of one that narrows). ``balance`` places the ideal
-    boundaries: ``flops`` at equal FLOPs shares, ``time`` where the cost model's time on ``device`` balances with no
-    part above its FLOPs share (nothing when devices differ in speed or a node outweighs 1/k).
+    boundaries: ``flops`` at equal FLOPs shares, ``time`` where the cost model's time on
+    ``device`` balances with no part above its FLOPs share (nothing when devices differ in speed
+    or a node outweighs 1/k).
     A node heavier than ``total/k`` normally keeps a part to itself (the plan says so); with
     ``giants`` (``nodes`` strategy only) it is cut at the equal-FLOPs boundaries like any other,
     the only way to balance a graph where one node holds most of the work.
