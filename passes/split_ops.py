@@ -36,7 +36,7 @@ import torch.utils._pytree as pytree
 
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
-from graphopt.partition.rowwise import SHAPE_ARG, get_arg, prefix_chain, set_arg
+from graphopt.partition.rowwise import SHAPE_ARG, get_arg, is_causal_flag, prefix_chain, set_arg
 from graphopt.partition.split_plan import Cut, cuts_from_dicts, node_split_kind, plan_splits
 from graphopt.passes.infra import PassContext, PassResult, register_pass
 
@@ -115,8 +115,11 @@ def _split_region(graph: Graph, nodes: list, reg, cuts: list[int]) -> tuple[list
                         set_arg(args, i, env[a.name] if a.name in env else slices[a.name][b])
                 for i, dim in pre.items():   # rows 0..hi: causal attention's keys, values, mask
                     args[i] = prefix.rows(n.args[i], args[i], m.get(i), dim, b, hi)
+                kwargs = n.kwargs
+                if pre and is_causal_flag(n):
+                    args, kwargs = _explicit_causal(g, n, args, lo, hi, mode)
                 env[n.name] = _emit(g, *_resized(n, args, reg.dims[n.name], hi - lo), n.meta,
-                                    mode, n.kwargs)
+                                    mode, kwargs)
         cats = {}
         for n in labeled:
             if any(u.name not in reg.dims for u in n.users):
@@ -144,6 +147,23 @@ def _resized(n: torch.fx.Node, args: list, d: int, rows: int) -> tuple:
         if target in (aten.view.default, aten._unsafe_view.default):
             target = aten.reshape.default
     return target, args
+
+
+def _explicit_causal(g, n: torch.fx.Node, args: list, lo: int, hi: int, mode):
+    """``is_causal=True`` anchors its mask at query 0, so a block of query rows ``lo..hi``
+    over keys ``0..hi`` gets an explicit one instead: query ``lo + i`` sees keys up to itself.
+    Built from ``arange``, it is a constant every stage makes itself."""
+    device = _val(n.args[0]).device
+    rows = _emit(g, aten.arange.start, (lo, hi), n.meta, mode, {"device": device})
+    cols = _emit(g, aten.arange.default, (hi,), n.meta, mode, {"device": device})
+    rows = _emit(g, aten.unsqueeze.default, (rows, 1), n.meta, mode)
+    mask = _emit(g, aten.ge.Tensor, (rows, cols), n.meta, mode)
+    args = list(args) + [None] * max(0, 4 - len(args))
+    args[3] = mask
+    if len(args) > 5:
+        args[5] = False
+    kwargs = {k: v for k, v in n.kwargs.items() if k not in ("is_causal", "attn_mask")}
+    return args, kwargs
 
 
 class _Prefixes:

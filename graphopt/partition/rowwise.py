@@ -12,8 +12,8 @@ ends the region: what this module accepts is exact, never a guess.
 Attention under a causal mask is row-wise too, in a weaker sense: query rows ``lo..hi`` read the
 keys and values of rows ``0..hi`` only (no query sees a later key), so a whole decoder layer runs
 as token blocks where each block also reads the earlier blocks' keys and values
-(:func:`prefix_args`). The mask must be a constant whose causality is checked on its value;
-``is_causal=True`` (anchored at query 0) is refused.
+(:func:`prefix_args`). The mask is ``is_causal=True`` (each block then gets an explicit mask,
+since the flag's is anchored at query 0) or a constant whose causality is checked on its value.
 
 The rules are written here once per kind (``ROW_RULES``: pointwise, reshape, matmul, reduction,
 ...); which kind an op follows, and with which argument positions, is its entry in
@@ -35,7 +35,8 @@ from graphopt import op_table
 from graphopt.cost import op_class
 
 __all__ = ["row_args", "get_arg", "set_arg", "prefix_args", "prefix_chain", "prefix_bytes",
-           "causal_mask", "constant_value", "label_region", "Region", "SHAPE_ARG", "ROW_RULES"]
+           "causal_mask", "is_causal_flag", "constant_value", "label_region", "Region",
+           "SHAPE_ARG", "ROW_RULES"]
 
 
 class _ShapeArgOps(Set):
@@ -248,17 +249,25 @@ def _rows_reduce(node, out, x, d, dims_arg, keepdim_arg):
     return None if j is None or j in dims else {0: j}
 
 
+def is_causal_flag(node: torch.fx.Node) -> bool:
+    """Whether an attention call asks for its causal mask by flag (``is_causal=True``)."""
+    return bool(node.kwargs.get("is_causal") or (len(node.args) > 5 and node.args[5]))
+
+
 def _rows_attention(node, out, x, d):
     args = node.args
-    if d != out.dim() - 2 or node.kwargs.get("is_causal") or \
-            (len(args) > 5 and args[5]) or node.kwargs.get("enable_gqa"):
-        return None   # is_causal anchors its mask at query 0: slicing queries would move it
+    if d != out.dim() - 2 or node.kwargs.get("enable_gqa"):
+        return None
     if op_table.node_effect(node) != op_table.Effect.PURE:
         return None   # dropout: the blocks would draw other numbers than the whole
     mask = args[3] if len(args) > 3 else None
     if mask is None and node.kwargs.get("attn_mask") is not None:
         return None
-    causal = causal_mask(mask) if isinstance(mask, torch.fx.Node) else False
+    if is_causal_flag(node) and mask is not None:
+        return None   # torch refuses both; nothing to cut
+    # is_causal's mask is anchored at query 0; blocks get an explicit one (split_ops)
+    causal = is_causal_flag(node) or \
+        (causal_mask(mask) if isinstance(mask, torch.fx.Node) else False)
     if causal:        # keys and values by rows too: a block reads rows 0..hi (prefix_args)
         k, v = _val(args[1]), _val(args[2])
         if not (isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)) or \
@@ -343,8 +352,8 @@ def prefix_args(node: torch.fx.Node, d: int) -> dict[int, int]:
     if not m or m.get(1) is None:
         return {}
     out = {1: m[1], 2: m[2]}
-    mv = _val(node.args[3])
-    out[3] = mv.dim() - 1
+    if len(node.args) > 3 and isinstance(node.args[3], torch.fx.Node):
+        out[3] = _val(node.args[3]).dim() - 1
     return out
 
 

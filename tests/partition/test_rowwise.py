@@ -2,9 +2,9 @@
 
 The rules are exact or refuse: every region the labelling accepts is cut into blocks here and run
 against the uncut graph on fresh random inputs (hypothesis draws the op chains), and the ops that
-mix rows (softmax or a sum over the rows, attention with ``is_causal``, a reshape that merges the
-rows with another dimension) must end a region. Attention under a constant causal mask is cut
-too: each block reads the keys and values of the rows up to its last.
+mix rows (softmax or a sum over the rows, a reshape that merges the rows with another dimension)
+must end a region. Causal attention (``is_causal=True`` or a constant causal mask) is cut too:
+each block reads the keys and values of the rows up to its last.
 """
 import pytest
 import torch
@@ -77,7 +77,7 @@ def test_ops_that_mix_rows_end_a_region(mixer):
     assert _region_of(M(), torch.randn(2, 12, 16), 1) is None
 
 
-def test_causal_attention_is_not_row_wise_but_masked_attention_is():
+def test_attention_is_row_wise_with_or_without_is_causal():
     q = torch.randn(1, 2, 10, 8)
 
     class Att(nn.Module):
@@ -90,9 +90,10 @@ def test_causal_attention_is_not_row_wise_but_masked_attention_is():
             q = self.lin(x)
             return F.scaled_dot_product_attention(q, x, x, is_causal=self.causal)
 
-    assert _region_of(Att(True), q, 2) is None
-    reg = _region_of(Att(False), q, 2)
-    assert reg is not None and reg.rows == 10
+    causal = _region_of(Att(True), q, 2)      # keys and values read from row 0 (a prefix)
+    assert causal is not None and causal.rows == 10 and causal.prefix
+    reg = _region_of(Att(False), q, 2)         # keys and values whole
+    assert reg is not None and reg.rows == 10 and not reg.prefix
 
 
 # -- property: random row-wise chains cut into random token blocks compute the same ------------
@@ -191,7 +192,9 @@ class _CausalLayer(nn.Module):
         b, t, d = x.shape
         pos = torch.arange(t)
         mask = pos[None, :] <= pos[:, None]
-        if self.window is not None:
+        if self.window == "flag":
+            mask = None                     # is_causal=True instead of a mask
+        elif self.window is not None:
             mask = mask & (pos[:, None] - pos[None, :] < self.window)
         q, k, v = self.qkv(self.norm(x)).split([self.h * self.hd, self.kv * self.hd,
                                                 self.kv * self.hd], dim=-1)
@@ -203,7 +206,8 @@ class _CausalLayer(nn.Module):
         rep = self.h // self.kv
         k = k[:, :, None].expand(b, self.kv, rep, t, self.hd).reshape(b, self.h, t, self.hd)
         v = v[:, :, None].expand(b, self.kv, rep, t, self.hd).reshape(b, self.h, t, self.hd)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None, None])
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[None, None]) if mask is not \
+            None else F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.out(a.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(x)
 
@@ -216,7 +220,8 @@ def _causal_region(model, x):
 
 
 @settings(max_examples=10, deadline=None)
-@given(tokens=st.integers(3, 17), batch=st.integers(1, 2), window=st.sampled_from([None, 3]),
+@given(tokens=st.integers(3, 17), batch=st.integers(1, 2),
+       window=st.sampled_from([None, 3, "flag"]),
        fracs=st.lists(st.floats(0.05, 0.95), min_size=1, max_size=3))
 def test_causal_layers_cut_into_token_blocks_equal_eager(tokens, batch, window, fracs):
     torch.manual_seed(tokens)
@@ -224,7 +229,8 @@ def test_causal_layers_cut_into_token_blocks_equal_eager(tokens, batch, window, 
     graph, nodes, reg = _causal_region(model, torch.randn(batch, tokens, 16))
     assert reg is not None, "a causal decoder layer was refused"
     assert set(reg.dims) == {n.name for n in nodes}          # every op computed per block
-    assert len(reg.prefix) == 2 and all(set(p) == {1, 2, 3} for p in reg.prefix.values())
+    mask_args = {1, 2} if window == "flag" else {1, 2, 3}   # is_causal has no mask argument
+    assert len(reg.prefix) == 2 and all(set(p) == mask_args for p in reg.prefix.values())
     cuts = sorted({min(max(round(f * tokens), 1), tokens - 1) for f in fracs})
     split = graph.copy()
     apply_splits(split, [Cut([n.name for n in nodes], cuts, reg)])
@@ -262,3 +268,24 @@ def test_a_mask_that_lets_a_query_see_later_keys_is_not_causal():
     sdpa = next(n for n in graphopt.capture(Full().eval(), (torch.randn(1, 8, 16),)).fx_nodes()
                 if n.target == torch.ops.aten.scaled_dot_product_attention.default)
     assert not causal_mask(sdpa.args[3]) and prefix_args(sdpa, 2) == {}
+
+
+def test_is_causal_blocks_get_explicit_constant_masks():
+    """``is_causal=True`` (nanoGPT's attention) is anchored at query 0: each block of query rows
+    gets an explicit mask built from ``arange``, a constant every stage makes (never sent)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_CausalLayer(window="flag"), _CausalLayer(window="flag")).eval()
+    graph, nodes, reg = _causal_region(model, torch.randn(2, 11, 16))
+    assert reg is not None and len(reg.prefix) == 2
+    split = graph.copy()
+    apply_splits(split, [Cut([n.name for n in nodes], [3, 7], reg)])
+    check_invariants(split)
+    sdpa = [n for n in split.fx_nodes()
+            if n.target == torch.ops.aten.scaled_dot_product_attention.default]
+    assert len(sdpa) == 6
+    for n in sdpa:
+        assert not n.kwargs.get("is_causal") and not (len(n.args) > 5 and n.args[5])
+        assert split.info[n.args[3].name].is_param          # a constant: recomputed, not sent
+    x = torch.randn(2, 11, 16)
+    with torch.no_grad():
+        assert max_rel_err(split.run(x), (model(x),)) < 1e-5
