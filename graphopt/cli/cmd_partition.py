@@ -63,12 +63,14 @@ def add_plan_args(p, *, mode: bool = True) -> None:
     g.add_argument("--speeds", default=None, metavar="S0,S1,...",
                    help="relative device speeds, one per part (default: equal)")
     g.add_argument("--objective", choices=OBJECTIVES, default="volume",
-                   help="volume (default): fewest bytes sent among plans no slower than the "
-                   "equal-FLOPs split by the cost model; time: the fastest plan, fewest bytes "
-                   "among those within 5%% of it")
+                   help="volume (default): fewest bytes sent among plans whose work is within "
+                   "10%% of the fastest's (kernel launches aside, except that a plan over 2x "
+                   "slower by the full estimate gives way to one sending at most 10%% more); "
+                   "time: the fastest plan by the full estimate")
     g.add_argument("--split", choices=SPLITS, default="auto",
                    help="cut nodes so a stage boundary can land inside them: rows = token "
-                   "blocks of row-wise regions (a transformer FFN block), nodes = single "
+                   "blocks of row-wise regions (a transformer FFN block, a decoder layer under "
+                   "a causal mask), nodes = single "
                    "matmuls/convs/attention in row/head/channel blocks, auto (default) = "
                    "partition the graph as written and with each, keep the best plan (the "
                    "plan's notes list them), off = never")
