@@ -35,7 +35,7 @@ from typing import Literal
 
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
-from graphopt.partition.choose import TIME_SLACK, best_plan, choice_notes
+from graphopt.partition.choose import FIXED_SLACK, TIME_SLACK, best_plan, choice_notes
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.metrics import pipeline_estimate
 from graphopt.partition.plan import Partition
@@ -86,14 +86,24 @@ def _searched(name: str, graph: Graph, split: dict, opts: PartitionOptions) -> _
 
 
 def _split_variant(graph: Graph, opts: PartitionOptions, strategy: str, balance: str,
-                   seen: set, giants: bool = False) -> _Variant | None:
+                   seen: set, giants: bool = False, floor_seconds: float = 0.0
+                   ) -> _Variant | None:
     """Cut a copy at every offered point and partition it (:func:`_cut_and_search`). Where the
     plan used more cuts than there are boundaries (a decoder layer's token blocks, each split
     again at its own node boundary), also cut at one point per ideal boundary only. The plan
-    the ranking rule prefers is kept."""
+    the ranking rule prefers is kept.
+
+    That second search can only win on the fixed-cost limit of
+    :func:`~graphopt.partition.choose.gives_way`: a slowest stage more than ``1 + FIXED_SLACK``
+    times its own. No plan's slowest stage is below ``floor_seconds`` (the model's compute over
+    ``k``), so where the first plan is within that factor of it the search is skipped; it
+    doubles the time of a large model's partition otherwise."""
     name = f"{strategy}/{balance}" + ("+giants" if giants else "")
     tried = []
     for spread in (True, False):
+        if not spread and tried and tried[0].result.best.metrics.bottleneck_seconds <= \
+                (1 + FIXED_SLACK) * floor_seconds:
+            break
         cuts = plan_splits(graph, opts.k, opts.imbalance, opts.speeds, strategy, balance,
                            opts.device, giants, spread=spread)
         key = tuple((tuple(c.nodes), tuple(c.cuts)) for c in cuts)
@@ -132,6 +142,15 @@ def _cut_and_search(graph: Graph, opts: PartitionOptions, name: str, cuts: list
     return _pick([first, second], opts)
 
 
+def _floor_seconds(whole: _Variant, opts: PartitionOptions) -> float:
+    """A lower bound on any plan's slowest stage: the model's compute as written over ``k``
+    (cutting a node adds launches, never removes work). 0 with per-device speeds, where the
+    bound would need their sum."""
+    if opts.speeds:
+        return 0.0
+    return sum(whole.result.best.metrics.part_seconds) / opts.k
+
+
 def _variants(graph: Graph, opts: PartitionOptions, split: str
               ) -> tuple[list[_Variant], PlanError | None]:
     if split not in SPLITS:
@@ -145,13 +164,15 @@ def _variants(graph: Graph, opts: PartitionOptions, split: str
             raise error
         return out, None
     seen: set = set()
+    floor = _floor_seconds(out[0], opts) if out else 0.0
     for strategy in (STRATEGIES if split == "auto" else (split,)):
         for balance in BALANCES:
-            v = _split_variant(graph, opts, strategy, balance, seen)
+            v = _split_variant(graph, opts, strategy, balance, seen, floor_seconds=floor)
             if v is not None:
                 out.append(v)
         if strategy == "nodes":
-            v = _split_variant(graph, opts, strategy, "flops", seen, giants=True)
+            v = _split_variant(graph, opts, strategy, "flops", seen, giants=True,
+                               floor_seconds=floor)
             if v is not None:
                 out.append(v)
     if not out:

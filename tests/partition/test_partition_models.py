@@ -14,6 +14,7 @@ import statistics
 
 import pytest
 
+from graphopt.cli import cmd_partition
 from graphopt.cli.main import main
 
 pytest.importorskip("transformers")
@@ -145,6 +146,25 @@ def check_plan(path, as_written=None):
         assert any("node granularity" in note for note in data["notes"])
     return {"ratio": ours / base_comm, "imbalance": imbalance, "seconds": seconds,
             "base_seconds": base_seconds, "giant": heaviest["flops"] > avg}
+
+
+@pytest.fixture(autouse=True)
+def capture_once(monkeypatch):
+    """Each model is built and captured once per test and partitioned from a copy of its graph:
+    the plans are under test here (capture has its own tests), and building and exporting a
+    full-size model takes 10-20 s, 24 times in the slow test."""
+    cache = {}
+    load_and_capture = cmd_partition.load_and_capture
+
+    def cached(args, progress=None, **kw):
+        key = (args.model, tuple(args.overrides or ()), args.batch, args.seq, args.image_size,
+               args.seed, args.capture, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = load_and_capture(args, progress, **kw)
+        loaded, graph = cache[key]
+        return loaded, graph.copy()
+
+    monkeypatch.setattr(cmd_partition, "load_and_capture", cached)
 
 
 def _run(tmp_path, spec, k, overrides, split="auto"):
