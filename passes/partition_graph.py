@@ -25,7 +25,8 @@ Complexity: see :mod:`graphopt.partition.search` (about O(k C^2 + E) per dynamic
 few METIS runs and one MILP of at most two seconds; a second or two for 20k nodes), once per
 variant: with ``split="auto"`` up to nineteen searches (each cut variant twice: all offered cuts,
 then only those the plan used, the second without the MILP; and where the plan used more cuts
-than it has boundaries, the same again with one cut per ideal boundary).
+than it has boundaries and its slowest stage is over twice the model's compute over ``k``, the
+same again with one cut per ideal boundary).
 """
 from __future__ import annotations
 
