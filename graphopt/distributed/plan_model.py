@@ -243,7 +243,8 @@ class ModelCosts:
             from graphopt.distributed.plan_profile import measured_scale
             prof = self.profile(1, micro)
             self._scales[(micro, threads)] = measured_scale(
-                self.prepared(micro), sum(prof.fwd_s), sum(prof.bwd_s), threads)
+                self.prepared(micro), sum(prof.fwd_s), sum(prof.bwd_s), threads,
+                calibration=repr(self.spec))
         return self._scales[(micro, threads)]
 
     # -- rematerialization -------------------------------------------------------------------------

@@ -16,9 +16,11 @@ These are the times of one process alone; with every rank of a shared host busy 
 runs ``share`` times slower (:mod:`graphopt.distributed.plan_engine`), which the planner applies.
 
 Timings are cached per machine (as the calibration is: ``<graphopt cache>/steps/``), keyed by the
-graph's code and shapes, the micro-batch, the thread count and the machine's calibration key, so
-planning the same model again gives the same ranking instead of a new draw of the machine's
-noise.
+graph's code and shapes, the micro-batch, the thread count, the machine's calibration key and
+the calibrated spec they correct, so planning the same model again gives the same ranking
+instead of a new draw of the machine's noise, and a new calibration times the steps again: the
+factors divide one measurement by the other, so the two are taken together (this 2-core host's
+step times move by a third between hours).
 
 Example:
     >>> fwd_scale, bwd_scale = measured_scale(prepared, spec_fwd_s, spec_bwd_s, threads=1)
@@ -76,19 +78,20 @@ def time_step(prepared, threads: int, steps: int = STEPS) -> tuple[float, float]
     return statistics.median(fwd), statistics.median(bwd)
 
 
-def cache_file(prepared, threads: int) -> Path:
-    """Where this machine keeps the timing of ``prepared`` at ``threads`` threads."""
+def cache_file(prepared, threads: int, calibration: str = "") -> Path:
+    """Where this machine keeps the timing of ``prepared`` at ``threads`` threads, taken for
+    the spec described by ``calibration``."""
     from graphopt.distributed.calibrate import cache_dir, cache_path
     graph = prepared.graph
     shapes = [(n.name, n.shape, n.dtype) for n in graph.nodes() if n.op == "placeholder"]
-    key = json.dumps([graph.gm.code, shapes, prepared.micro, threads, cache_path(1).name],
-                     default=str)
+    key = json.dumps([graph.gm.code, shapes, prepared.micro, threads, cache_path(1).name,
+                      calibration], default=str)
     return cache_dir() / "steps" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def cached_step(prepared, threads: int) -> tuple[float, float]:
-    """:func:`time_step`, measured once per machine (see the module docstring)."""
-    path = cache_file(prepared, threads)
+def cached_step(prepared, threads: int, calibration: str = "") -> tuple[float, float]:
+    """:func:`time_step`, measured once per machine and calibration (module docstring)."""
+    path = cache_file(prepared, threads, calibration)
     try:
         data = json.loads(path.read_text())
         return float(data["forward_s"]), float(data["backward_s"])
@@ -106,10 +109,10 @@ def cached_step(prepared, threads: int) -> tuple[float, float]:
     return fwd, bwd
 
 
-def measured_scale(prepared, spec_fwd_s: float, spec_bwd_s: float, threads: int) -> tuple[float,
-                                                                                          float]:
+def measured_scale(prepared, spec_fwd_s: float, spec_bwd_s: float, threads: int,
+                   calibration: str = "") -> tuple[float, float]:
     """``(forward, backward)`` factors: measured seconds over the spec's (1.0 where the spec
-    predicts nothing)."""
-    fwd, bwd = cached_step(prepared, threads)
+    predicts nothing); ``calibration`` names the spec (see :func:`cache_file`)."""
+    fwd, bwd = cached_step(prepared, threads, calibration)
     return (fwd / spec_fwd_s if spec_fwd_s > 0 else 1.0,
             bwd / spec_bwd_s if spec_bwd_s > 0 else 1.0)

@@ -264,7 +264,7 @@ def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:
     place = placement(config.schedule, config.pp, config.virtual)
     on_rank = [[s for s, r in enumerate(place) if r == rank] for rank in range(config.pp)]
     opt_s = [optimizer_seconds(prof, st, costs.spec, opt) for st in on_rank]
-    ends = [max((e.end for e in evs), default=0.0) for evs in est.events]
+    ends = est.rank_seconds
     tied = tied_sync_seconds(prof, place, ring)
     step = max(end + o for end, o in zip(ends, opt_s)) + tied + (engine.step_s if engine else 0.0)
     memory = []

@@ -17,6 +17,16 @@ Model:
 * **Dependencies**: ``F(s,m)`` after ``F(s−1,m)`` plus its transfer; ``B(s,m)`` after
   ``B(s+1,m)`` plus its transfer (the last stage's after its own ``F``); ``W(s,m)`` after ``B(s,m)``.
   A transfer takes ``alpha + bytes/beta``; transfers on one directed link go one after another.
+* **Transfers** move as gloo and NCCL move them: a send completes only once its receiver has
+  posted the matching receive (gloo's TCP pair sends an unbound buffer when the peer has
+  notified a pending receive). ``gpipe`` and ``1f1b`` post a receive right before the action
+  that consumes it, so there a transfer starts when both the sender is done and the receiver
+  has reached that action, and the receiver pays the whole transfer. The sender waits for its
+  own sends where torch's schedule waits for them (:func:`_send_waits`): Schedule1F1B fuses a
+  steady-state forward's send with the next backward's receive, so the two ranks advance in
+  lock-step. The runtime schedules (``interleaved``, zero-bubble) post receives as early as
+  their order allows and wait for sends at the end: their transfers start when the sender is
+  done. With a free link both give the textbook timelines.
 * **Data parallelism**: each stage's gradients are all-reduced over ``dp`` replicas in DDP's
   buckets (the first 1 MiB, then 25 MiB), each launched when the last micro-batch's backward has
   produced it (gradients appear evenly through that backward) and run one after another on the
@@ -47,6 +57,7 @@ __all__ = ["SCHEDULES", "Action", "Event", "StepEstimate", "StageCosts", "schedu
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble", "interleaved-zero-bubble")
 SPLIT_BACKWARD = ("zero-bubble", "interleaved-zero-bubble")   # backward split into B and W
+RENDEZVOUS = ("gpipe", "1f1b")   # receives posted right before the action that consumes them
 DDP_FIRST_BUCKET, DDP_BUCKET = 1 << 20, 25 << 20   # torch DDP's defaults: 1 MiB, then 25 MiB
 OPTIMIZER_STATE = {"sgd": 0, "sgd-momentum": 1, "adamw": 2, "adam": 2}   # × parameter bytes
 FREE_LINK = LinkSpec("free", 0.0, float("inf"))
@@ -84,6 +95,7 @@ class StepEstimate:
     allreduce_seconds: float           # gradient sync time on the busiest rank (overlapped or not)
     exposed_sync_seconds: float        # how much the sync added past the compute timeline
     compute_seconds: list[float]       # busy time per rank
+    rank_seconds: list[float]          # when each rank is done: its sends and sync included
     events: list[list[Event]]          # per rank, in time order (all-reduce buckets included)
     peak_activation_bytes: list[int]   # per rank: in-flight activations at their peak
     memory_bytes: list[int]            # per rank: params + grads + optimizer + activations
@@ -273,44 +285,118 @@ def _per_stage(values, n: int, what: str) -> list[float]:
     return [float(v) for v in vals]
 
 
-def _timeline(orders, place, fwd, bwd, wfrac, boundary, link, zero_bubble):
-    """Place every action: returns per-rank event lists (in execution order)."""
+def _send_waits(schedule: str, orders, place, nstages: int) -> dict[tuple[int, int], list[tuple]]:
+    """Where each rank waits for its own sends to finish, as torch's schedules wait: ``(rank,
+    index) -> message keys`` that must have reached their receiver before the rank's action at
+    ``index`` starts (``index == len(order)``: at the end of the step).
+
+    * ``1f1b`` (Schedule1F1B): a steady-state forward's send is fused with the next backward's
+      receive and waited together, and a backward's send with the next forward's receive; a
+      warm-up forward's or cool-down backward's send is waited after the next action.
+    * ``gpipe`` (ScheduleGPipe): every forward send is waited before the first backward, every
+      backward send at the end.
+    * The runtime schedules (``interleaved``, zero-bubble): at the end of the step.
+    """
+    out: dict[tuple[int, int], list[tuple]] = {}
+    for r, order in enumerate(orders):
+        n = len(order)
+        warm = sum(1 for a in order[:next((i for i, a in enumerate(order) if a.kind != "F"), n)])
+        for i, a in enumerate(order):
+            key = (a.kind, a.stage, a.microbatch)
+            if _receiver(a, place, nstages) is None:
+                continue
+            if schedule == "1f1b":
+                if a.kind == "F":
+                    at = i + 2 if i < warm - 1 else i + 1
+                else:
+                    at = i + 1 if i + 1 < n and order[i + 1].kind == "F" else i + 2
+            elif schedule == "gpipe":
+                at = warm if a.kind == "F" else n
+            else:
+                at = n
+            out.setdefault((r, min(at, n)), []).append(key)
+    return out
+
+
+def _receiver(a: Action, place, nstages: int) -> int | None:
+    """The rank ``a``'s output goes to, or None where it stays on its own rank (or nowhere)."""
+    if a.kind == "W" or (a.kind == "F" and a.stage == nstages - 1) or \
+            (a.kind == "B" and a.stage == 0):
+        return None
+    to = a.stage + 1 if a.kind == "F" else a.stage - 1
+    return None if place[to] == place[a.stage] else place[to]
+
+
+def _input_of(a: Action, nstages: int) -> tuple | None:
+    """The key ``(kind, stage, microbatch)`` of the action whose output ``a`` consumes."""
+    if a.kind == "F":
+        return None if a.stage == 0 else ("F", a.stage - 1, a.microbatch)
+    if a.kind == "W":
+        return ("B", a.stage, a.microbatch)
+    if a.stage == nstages - 1:
+        return ("F", a.stage, a.microbatch)
+    return ("B", a.stage + 1, a.microbatch)
+
+
+def _timeline(orders, place, fwd, bwd, wfrac, boundary, link, zero_bubble, schedule):
+    """Place every action: returns per-rank event lists (in execution order) and the time each
+    rank is done, its own sends' waits included (module docstring: transfers)."""
     def dur(a: Action) -> float:
         if a.kind == "F" or not zero_bubble:
             return fwd[a.stage] if a.kind == "F" else bwd[a.stage]
         return bwd[a.stage] * (wfrac if a.kind == "W" else 1.0 - wfrac)
 
     pp, nstages = len(orders), len(place)
+    rendezvous = schedule in RENDEZVOUS
+    waits = _send_waits(schedule, orders, place, nstages)
+    consumer = {_input_of(a, nstages): (r, i) for r, order in enumerate(orders)
+                for i, a in enumerate(order) if a.kind != "W"}
     done: dict[tuple, float] = {}        # (kind, stage, mb) -> end time on its own rank
-    arrive: dict[tuple, float] = {}      # (kind, stage, mb) -> when its output reached the consumer
+    sent: dict[tuple, tuple] = {}        # key -> (end, src, dst, bytes) of a cross-rank message
+    arrive: dict[tuple, float] = {}      # key -> when it reached its receiver
+    post = {(r, 0): 0.0 for r in range(pp)}     # (rank, index) -> when the rank got there
     link_free: dict[tuple[int, int], float] = {}
     free = [0.0] * pp
     ptr = [0] * pp
     events: list[list[Event]] = [[] for _ in range(pp)]
 
-    def ready(a: Action):
-        if a.kind == "F":
-            return 0.0 if a.stage == 0 else arrive.get(("F", a.stage - 1, a.microbatch))
-        if a.kind == "W":
-            return done.get(("B", a.stage, a.microbatch))
-        if a.stage == nstages - 1:
-            return done.get(("F", a.stage, a.microbatch))
-        return arrive.get(("B", a.stage + 1, a.microbatch))
+    def arrival(key) -> float | None:
+        if key in arrive:
+            return arrive[key]
+        if key not in sent:
+            return None
+        end, src, dst, nbytes = sent[key]
+        start = max(end, link_free.get((src, dst), 0.0))
+        if rendezvous:               # the data moves once the receiver has posted its receive
+            at = post.get(consumer[key]) if key in consumer else end
+            if at is None:
+                return None
+            start = max(start, at)
+        arrive[key] = link_free[(src, dst)] = start + link.seconds(nbytes)
+        return arrive[key]
+
+    def ready(r: int, i: int, a: Action) -> float | None:
+        t = 0.0
+        dep = _input_of(a, nstages)
+        if dep is not None:
+            t = done.get(dep) if place[dep[1]] == r else arrival(dep)
+            if t is None:
+                return None
+        for key in waits.get((r, i), ()):
+            w = arrival(key)
+            if w is None:
+                return None
+            t = max(t, w)
+        return t
 
     def send(a: Action, end: float, src: int):
-        if a.kind == "W" or (a.kind == "F" and a.stage == nstages - 1) or \
-                (a.kind == "B" and a.stage == 0):
+        dst = _receiver(a, place, nstages)
+        if dst is None:
             return
         to = a.stage + 1 if a.kind == "F" else a.stage - 1
-        dst = place[to]
-        if dst == src:
-            arrive[(a.kind, a.stage, a.microbatch)] = end
-            return
-        nbytes = boundary[min(a.stage, to)]
-        start = max(end, link_free.get((src, dst), 0.0))
-        finish = start + link.seconds(nbytes)
-        link_free[(src, dst)] = finish
-        arrive[(a.kind, a.stage, a.microbatch)] = finish
+        sent[(a.kind, a.stage, a.microbatch)] = (end, src, dst, boundary[min(a.stage, to)])
+        if not rendezvous:
+            arrival((a.kind, a.stage, a.microbatch))
 
     remaining = sum(len(o) for o in orders)
     while remaining:
@@ -318,7 +404,7 @@ def _timeline(orders, place, fwd, bwd, wfrac, boundary, link, zero_bubble):
         for r in range(pp):
             while ptr[r] < len(orders[r]):
                 a = orders[r][ptr[r]]
-                t = ready(a)
+                t = ready(r, ptr[r], a)
                 if t is None:
                     break
                 start = max(free[r], t)
@@ -328,12 +414,17 @@ def _timeline(orders, place, fwd, bwd, wfrac, boundary, link, zero_bubble):
                 events[r].append(Event(r, a.kind, a.stage, a.microbatch, start, end))
                 send(a, end, r)
                 ptr[r] += 1
+                post[(r, ptr[r])] = end
                 remaining -= 1
                 moved = True
         if not moved:
             stuck = {r: orders[r][ptr[r]] for r in range(pp) if ptr[r] < len(orders[r])}
             raise PlanError(f"the schedule deadlocks: ranks wait on each other at {stuck}")
-    return events
+    tails = []
+    for r in range(pp):
+        keys = waits.get((r, len(orders[r])), ())
+        tails.append(max([free[r]] + [arrival(k) for k in keys]))
+    return events, tails
 
 
 def _grad_sync(events_r, rank, stages, grad_bytes, dp, sync, zero_bubble, bucket_cap):
@@ -419,8 +510,9 @@ def simulate_step(stage_fwd_s, stage_bwd_s, boundary_bytes, link: LinkSpec | Non
     on_rank = [[s for s in range(nstages) if place[s] == r] for r in range(pp)]
     if forward_only:
         orders = [[a for a in o if a.kind == "F"] for o in orders]
-    events = _timeline(orders, place, fwd, bwd, weight_fraction, boundary, link, zb)
-    pipeline = max((evs[-1].end for evs in events if evs), default=0.0)
+    events, tails = _timeline(orders, place, fwd, bwd, weight_fraction, boundary, link, zb,
+                              schedule)
+    pipeline = max(tails, default=0.0)
     busy = [sum(e.end - e.start for e in evs) for evs in events]
     bubble = 1.0 - sum(busy) / (pp * pipeline) if pipeline > 0 else 0.0
     if grad_sync not in ("ring", "ps"):
@@ -436,7 +528,7 @@ def simulate_step(stage_fwd_s, stage_bwd_s, boundary_bytes, link: LinkSpec | Non
         ar, secs = ([], 0.0) if dp == 1 or forward_only else _grad_sync(
             events[r], r, on_rank[r], grads, dp, sync, zb, bucket_bytes)
         events[r] = sorted(events[r] + ar, key=lambda e: (e.start, e.end))
-        ends.append(max([e.end for e in events[r]], default=0.0))
+        ends.append(max([tails[r]] + [e.end for e in events[r]]))
         ar_busy.append(secs)
     step = max(ends, default=0.0)
     params = _per_stage(param_bytes_per_stage or 0, nstages, "param_bytes_per_stage")
@@ -448,6 +540,7 @@ def simulate_step(stage_fwd_s, stage_bwd_s, boundary_bytes, link: LinkSpec | Non
     return StepEstimate(step_seconds=step, pipeline_seconds=pipeline, bubble=bubble,
                         allreduce_seconds=max(ar_busy, default=0.0),
                         exposed_sync_seconds=max(0.0, step - pipeline), compute_seconds=busy,
+                        rank_seconds=ends,
                         events=events, peak_activation_bytes=peak_act, memory_bytes=memory,
                         schedule=schedule, microbatches=microbatches, pp=pp, dp=dp,
                         virtual_stages=virtual_stages)

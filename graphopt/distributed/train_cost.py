@@ -214,7 +214,8 @@ def _simulated(lowered, graph, *, schedule, pp, v, microbatches, dp, device, lin
     from graphopt.distributed.plan_profile import measured_scale, times_steps
     if prepared is not None and times_steps(spec):
         # The model's own step, timed alone, as the planner scales its stages.
-        timed = measured_scale(prepared, sum(fwd), sum(bwd), threads or 1)
+        timed = measured_scale(prepared, sum(fwd), sum(bwd), threads or 1,
+                               calibration=repr(spec))
         fwd, bwd = [f * timed[0] for f in fwd], [b * timed[1] for b in bwd]
     boundary = [0 if placement[p.index] == placement[p.index + 1] else p.wire_bytes(p.carry_out)
                 for p in lowered.programs[:-1]]

@@ -381,3 +381,5 @@ def test_step_timings_are_cached_per_machine_so_plans_repeat(tmp_path, monkeypat
     monkeypatch.setattr(plan_profile, "time_step", lambda *a, **k: pytest.fail("re-measured"))
     assert plan_profile.cached_step(prepared, 1) == first
     assert plan_profile.cache_file(prepared, 2) != path     # another thread count, another key
+    # timed again for another calibration: the factors divide one by the other
+    assert plan_profile.cache_file(prepared, 1, calibration="another spec") != path

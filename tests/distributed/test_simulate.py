@@ -3,6 +3,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from graphopt.capture import capture
 from graphopt.cost import DEVICES, LinkSpec
@@ -32,15 +34,40 @@ def test_equal_stages_match_the_closed_form(schedule, p, m):
 
 
 def test_1f1b_timeline_by_hand_with_a_slow_link():
-    # P=2, M=2, tf=1, tb=2, every transfer 0.5 s. Rank 1 (last stage): F0 at 1.5 (after F0 on
-    # rank 0 plus the link), B0 right after, F1 (arrived at 2.5) at 4.5, B1 at 5.5-7.5. Rank 0:
-    # F0, F1, then B0 once B0's gradient arrives (4.5 + 0.5 = 5), B1 at 7.5 + 0.5 = 8 -> 10.
+    # P=2, M=2, tf=1, tb=2, every transfer 0.5 s, and a message moves only once its receiver
+    # has posted the receive (gloo's rendezvous). Rank 1 (last stage): F0 at 1.5 (rank 0's F0
+    # plus the link), B0 at 2.5-4.5; F1 was sent at 2 but rank 1 posts its receive only at 4.5
+    # (fused with B0's send, as Schedule1F1B does), so F1 arrives at 5.0 and runs 5-6; B1 6-8.
+    # Rank 0: F0, F1; B0's gradient arrives at 4.5 + 0.5 = 5 -> B0 5-7; B1's leaves at 8, rank 0
+    # posted at 7 -> arrives 8.5 -> B1 8.5-10.5. Rank 1 waits for that last send: done at 8.5.
     est = simulate_step([1.0, 1.0], [2.0, 2.0], 1, LinkSpec("slow", 0.5, float("inf")), "1f1b", 2)
     got = [[(e.kind, e.microbatch, e.start, e.end) for e in evs] for evs in est.events]
-    assert got[0] == [("F", 0, 0.0, 1.0), ("F", 1, 1.0, 2.0), ("B", 0, 5.0, 7.0), ("B", 1, 8.0, 10.0)]
-    assert got[1] == [("F", 0, 1.5, 2.5), ("B", 0, 2.5, 4.5), ("F", 1, 4.5, 5.5), ("B", 1, 5.5, 7.5)]
-    assert est.step_seconds == 10.0
-    assert est.bubble == pytest.approx(1 - 12 / 20)
+    assert got[0] == [("F", 0, 0.0, 1.0), ("F", 1, 1.0, 2.0), ("B", 0, 5.0, 7.0), ("B", 1, 8.5, 10.5)]
+    assert got[1] == [("F", 0, 1.5, 2.5), ("B", 0, 2.5, 4.5), ("F", 1, 5.0, 6.0), ("B", 1, 6.0, 8.0)]
+    assert est.step_seconds == 10.5
+    assert est.rank_seconds == [10.5, 8.5]
+    assert est.bubble == pytest.approx(1 - 12 / 21)
+
+
+def test_gpipe_timeline_by_hand_with_a_slow_link():
+    # P=2, M=2, tf=1, tb=2, transfers 0.5 s after the receiver posts. Rank 1: F0 1.5-2.5; F1
+    # (sent at 2) waits for rank 1 to post at 2.5 -> 3.0-4.0; B0 4-6, B1 6-8. Rank 0 posted B0's
+    # receive at 2 -> it arrives at 6.5 -> B0 6.5-8.5; B1 (sent at 8, posted at 8.5) -> 9-11.
+    est = simulate_step([1.0, 1.0], [2.0, 2.0], 1, LinkSpec("slow", 0.5, float("inf")), "gpipe", 2)
+    got = [[(e.kind, e.microbatch, e.start, e.end) for e in evs] for evs in est.events]
+    assert got[0] == [("F", 0, 0.0, 1.0), ("F", 1, 1.0, 2.0), ("B", 0, 6.5, 8.5), ("B", 1, 9.0, 11.0)]
+    assert got[1] == [("F", 0, 1.5, 2.5), ("F", 1, 3.0, 4.0), ("B", 0, 4.0, 6.0), ("B", 1, 6.0, 8.0)]
+    assert est.rank_seconds == [11.0, 9.0]
+
+
+def test_runtime_schedules_send_eagerly():
+    # interleaved (torch's _PipelineScheduleRuntime) posts receives as early as the schedule
+    # allows: a transfer starts when the sender is done, whatever the receiver is doing
+    link = LinkSpec("slow", 0.5, float("inf"))
+    est = simulate_step([1.0] * 4, [2.0] * 4, 1, link, "interleaved", 2, virtual_stages=2)
+    firsts = {(e.stage, e.microbatch): e for evs in est.events for e in evs if e.kind == "F"}
+    # stage 1's F0 (rank 1) starts when stage 0's F0 ends plus the link: nothing else waits
+    assert firsts[(1, 0)].start == firsts[(0, 0)].end + 0.5
 
 
 def test_transfers_on_one_link_queue():
@@ -226,3 +253,32 @@ def test_stage_costs_of_a_partitioned_graph():
     est = simulate_step(sc.fwd_s, sc.bwd_s, sc.boundary_bytes, None, "1f1b", 4)
     assert est.step_seconds >= 4 * max(f + b for f, b in zip(sc.fwd_s, sc.bwd_s))
     assert torch.isfinite(torch.tensor(est.step_seconds))
+
+
+@settings(max_examples=60, deadline=None)
+@given(schedule=st.sampled_from(["gpipe", "1f1b", "interleaved", "zero-bubble",
+                                 "interleaved-zero-bubble"]),
+       p=st.integers(1, 4), m=st.integers(1, 12), seed=st.integers(0, 2 ** 16),
+       alpha=st.floats(0.0, 1.0), forward_only=st.booleans())
+def test_no_schedule_deadlocks_and_every_message_is_waited(schedule, p, m, seed, alpha,
+                                                           forward_only):
+    """Receives posted right before their consumer and sends waited where torch waits them: the
+    timeline completes for any stage costs and link, no rank is done before its own work, and a
+    slower link never makes the step shorter."""
+    import random
+    v = 1 if schedule in ("gpipe", "1f1b") else 2
+    rng = random.Random(seed)
+    fwd = [rng.uniform(0.1, 2.0) for _ in range(p * v)]
+    bwd = [f * rng.uniform(1.0, 3.0) for f in fwd]
+    nbytes = [rng.randint(0, 4) for _ in range(p * v - 1)]
+    try:
+        slow = simulate_step(fwd, bwd, nbytes, LinkSpec("l", alpha, 2.0), schedule, m,
+                             virtual_stages=v, forward_only=forward_only)
+    except PlanError as e:
+        assert "deadlock" not in str(e)
+        return
+    free = simulate_step(fwd, bwd, nbytes, FREE, schedule, m, virtual_stages=v,
+                         forward_only=forward_only)
+    for est in (slow, free):
+        assert all(end >= busy - 1e-9 for end, busy in zip(est.rank_seconds, est.compute_seconds))
+    assert slow.step_seconds >= free.step_seconds - 1e-9
