@@ -17,14 +17,16 @@ a 2-layer GPT-2 and a 2-layer Llama from transformers configs:
 2. **All-reduce model.** gloo all-reduce of 16 KiB to 16 MiB on n = 2, 3, 4 processes against
    ``2(n-1)(alpha + (m/n) beta)`` with the per-hop alpha, beta calibrated at n = 2
    (extrapolated to 3 and 4), and a least-squares fit of alpha, beta to every point.
-3. **Calibrated vs preset.** The same ranking with the ``cpu`` preset (a datasheet guess) and the
+3. **Drift.** After each launch every model's step is timed again and set beside the timing
+   its predictions were scaled by: how far the host moved while the benchmark ran.
+4. **Calibrated vs preset.** The same ranking with the ``cpu`` preset (a datasheet guess) and the
    loopback link: where the chosen configuration changes, both choices are measured.
 
 Goal lines (predictions within 20%, the choice within 5% of the fastest measured, Spearman >=
 0.9) are printed as PASS/FAIL. ``--quick``: N = 2, two models, four configurations, one repeat,
 cached calibration.
 
-    python bench/parallel.py            # ~10 min on 2 cores: results/parallel.md
+    python bench/parallel.py            # ~9 min on 2 cores: results/parallel.md
     python bench/parallel.py --quick
 """
 from __future__ import annotations
@@ -207,12 +209,31 @@ def measure_world(cases, n: int, args) -> None:
         cand.measured_step_seconds = float(statistics.median(pooled[id(cand)]))
 
 
+def drift_world(cases, n: int) -> list[dict]:
+    """Each model's training step timed again right after the launch, beside the timing its
+    predictions were scaled by (taken at planning time, minutes before): how far this host's
+    rates move while a benchmark runs, the floor under any prediction's error."""
+    from graphopt.distributed.launch import rank_threads
+    from graphopt.distributed.plan_profile import cached_step, time_step
+    threads = rank_threads(n)
+    out = []
+    for case in cases:
+        costs = case["costs"]
+        for micro in sorted({c.config.micro(costs.batch) for c in case["measure"]}):
+            prepared = costs.prepared(micro)
+            before = sum(cached_step(prepared, threads, calibration=repr(costs.spec)))
+            after = sum(time_step(prepared, threads))
+            out.append({"model": case["model"], "n": n, "micro": micro, "planned_s": before,
+                        "after_s": after, "ratio": after / before})
+    return out
+
+
 # -- report ----------------------------------------------------------------------------------------------
 def _ms(x) -> str:
     return "-" if x is None else f"{x * 1e3:.1f}"
 
 
-def report(cases, ar, args, seconds: float) -> tuple[str, list[str]]:
+def report(cases, ar, drift, args, seconds: float) -> tuple[str, list[str]]:
     from scipy.stats import spearmanr
 
     from graphopt.distributed.plan_measure import rank_agreement
@@ -269,6 +290,15 @@ def report(cases, ar, args, seconds: float) -> tuple[str, list[str]]:
                   f"{statistics.median(spreads):.0%} (max {max(spreads):.0%}); {sum(inside)} of "
                   f"{len(inside)} predictions lie within 20% of some repeat (a diagnostic, not a "
                   "goal)."]
+    if drift:
+        moved = [abs(d["ratio"] - 1) for d in drift]
+        lines += ["", "Drift: each model's step (one micro-batch, forward and backward, one "
+                  "process alone) timed again right after the launch, against the timing the "
+                  f"predictions were scaled by: moved a median {statistics.median(moved):.0%}, "
+                  f"{sum(m > 0.2 for m in moved)} of {len(moved)} by more than 20% (max "
+                  f"{max(moved):.0%}): " + ", ".join(
+                      f"{d['model']} N={d['n']} micro {d['micro']} {d['ratio']:.2f}x"
+                      for d in drift) + "."]
     lines += ["", "| model | N | configurations | measured | Spearman | median abs error | "
               "choice vs fastest measured | fastest measured |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -329,7 +359,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="N = 2, two models, 4 configurations")
     p.add_argument("--models", default=None, help=f"comma-separated among {', '.join(MODELS)}")
     p.add_argument("--configs", type=int, default=None, help="configurations measured per case")
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, default=6)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--max-microbatches", type=int, default=16)
     p.add_argument("--cached", action="store_true", help="use this machine's cached device "
@@ -340,13 +370,13 @@ def main() -> int:
     names = (args.models or ("resmlp,gpt2" if args.quick else ",".join(MODELS))).split(",")
     worlds = (2,) if args.quick else (2, 4)
     args.configs = args.configs or (4 if args.quick else 6)
-    args.repeats = args.repeats or (1 if args.quick else 2)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     args.recalibrate = not (args.cached or args.quick)
     t0 = time.perf_counter()
     from graphopt.specs import load_spec
     loaded = {name: load_spec(MODELS[name][0], overrides=MODELS[name][1], seed=0,
                               **MODELS[name][2]) for name in names}
-    cases, shared, ar = [], {}, None
+    cases, shared, ar, drift = [], {}, None, []
     for n in worlds:      # calibrate, plan and measure each N close together in time
         _, _, doc = device_for(n, args.recalibrate)
         if n == 2:
@@ -355,8 +385,10 @@ def main() -> int:
             ar = allreduce_check(lk["ring_alpha_s"], lk["ring_beta_s_per_byte"], args.quick)
         mine = plan_world(n, names, loaded, shared, args)
         measure_world(mine, n, args)
+        say(f"N={n}: timing each model's step again ...")
+        drift += drift_world(mine, n)
         cases += mine
-    text, verdicts = report(cases, ar, args, time.perf_counter() - t0)
+    text, verdicts = report(cases, ar, drift, args, time.perf_counter() - t0)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
