@@ -221,7 +221,8 @@ def _simulated(lowered, graph, *, schedule, pp, v, microbatches, dp, device, lin
                 for p in lowered.programs[:-1]]
     opt = "adamw" if optimizer == "adamw" else ("sgd-momentum" if momentum else "sgd")
     est = simulate_step(fwd, bwd, boundary, ln, schedule, microbatches, dp=dp, virtual_stages=v,
-                        grad_bytes_per_stage=grads, param_bytes_per_stage=params, optimizer=opt)
+                        grad_bytes_per_stage=grads, param_bytes_per_stage=params, optimizer=opt,
+                        overlap_sync=not (spec.device_type == "cpu" or device == "cpu"))
     out = {"step_seconds": float(est.step_seconds), "bubble": float(est.bubble),
            "method": "graphopt.distributed.simulate.simulate_step", "device": device,
            "link": link, "stage_forward_seconds": fwd, "stage_backward_seconds": bwd,

@@ -282,3 +282,20 @@ def test_no_schedule_deadlocks_and_every_message_is_waited(schedule, p, m, seed,
     for est in (slow, free):
         assert all(end >= busy - 1e-9 for end, busy in zip(est.rank_seconds, est.compute_seconds))
     assert slow.step_seconds >= free.step_seconds - 1e-9
+
+
+def test_gradient_sync_waits_for_the_backward_without_a_spare_core():
+    # one stage, dp 2, 2 MiB of gradients: DDP's 1 MiB first bucket is ready halfway through
+    # the only backward (1-3 s). With overlap its all-reduce starts at 2 s; CPU ranks that have
+    # no core to spare reduce it after the backward, at 3 s, and the step grows by what overlap
+    # had hidden.
+    link = LinkSpec("ring", 0.0, float(1 << 20))       # 1 s per MiB a hop
+    kw = dict(dp=2, grad_bytes_per_stage=[2 << 20], allreduce_link=link)
+    hidden = simulate_step([1.0], [2.0], [], None, "1f1b", 1, **kw)
+    serial = simulate_step([1.0], [2.0], [], None, "1f1b", 1, overlap_sync=False, **kw)
+    first = [e for e in hidden.events[0] if e.kind == "AR"][0]
+    assert first.start == pytest.approx(2.0)
+    assert [e.start for e in serial.events[0] if e.kind == "AR"][0] == pytest.approx(3.0)
+    # each 1 MiB bucket: 2(n-1)(m/n)beta = 1 s; overlapped 2 + 1 + 1, serial 3 + 1 + 1
+    assert hidden.step_seconds == pytest.approx(4.0)
+    assert serial.step_seconds == pytest.approx(5.0)
