@@ -221,7 +221,7 @@ def drift_world(cases, n: int) -> list[dict]:
         costs = case["costs"]
         for micro in sorted({c.config.micro(costs.batch) for c in case["measure"]}):
             prepared = costs.prepared(micro)
-            before = sum(cached_step(prepared, threads, calibration=repr(costs.spec)))
+            before = sum(cached_step(prepared, threads, spec=costs.spec))
             after = sum(time_step(prepared, threads))
             out.append({"model": case["model"], "n": n, "micro": micro, "planned_s": before,
                         "after_s": after, "ratio": after / before})

@@ -32,7 +32,8 @@ from graphopt.cost import DeviceSpec, OpClass
 from graphopt.device_spec import node_seconds
 from graphopt.errors import PlanError
 
-__all__ = ["StageProfile", "stage_profile", "optimizer_seconds", "OPTIMIZER_COST"]
+__all__ = ["StageProfile", "stage_profile", "optimizer_seconds", "OPTIMIZER_COST",
+           "on_host_cpu"]
 
 # (tensor ops per trainable tensor, bytes moved per parameter byte) of one optimizer step:
 # SGD ``p.add_(g, alpha=-lr)`` reads p and g and writes p; AdamW's single-tensor update makes
@@ -149,3 +150,10 @@ def optimizer_seconds(prof: StageProfile, stages: list[int], spec: DeviceSpec,
     nbytes = sum(prof.grad_bytes[s] for s in stages)
     count = sum(prof.param_tensors[s] for s in stages)
     return count * ops * spec.launch_seconds + per_byte * nbytes / spec.bandwidth
+
+
+def on_host_cpu(spec: DeviceSpec, device: str) -> bool:
+    """Whether the ranks are processes of this CPU host (``spec`` describes a CPU, or the
+    device is the ``cpu`` preset): they share its memory and its cores, so no core is left to
+    reduce gradients beside the backward."""
+    return spec.device_type == "cpu" or device == "cpu"

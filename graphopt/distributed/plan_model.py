@@ -244,7 +244,7 @@ class ModelCosts:
             prof = self.profile(1, micro)
             self._scales[(micro, threads)] = measured_scale(
                 self.prepared(micro), sum(prof.fwd_s), sum(prof.bwd_s), threads,
-                calibration=repr(self.spec))
+                spec=self.spec)
         return self._scales[(micro, threads)]
 
     # -- rematerialization -------------------------------------------------------------------------

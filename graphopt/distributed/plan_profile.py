@@ -78,20 +78,20 @@ def time_step(prepared, threads: int, steps: int = STEPS) -> tuple[float, float]
     return statistics.median(fwd), statistics.median(bwd)
 
 
-def cache_file(prepared, threads: int, calibration: str = "") -> Path:
+def cache_file(prepared, threads: int, spec=None) -> Path:
     """Where this machine keeps the timing of ``prepared`` at ``threads`` threads, taken for
-    the spec described by ``calibration``."""
+    the device spec ``spec`` (its every field is in the key)."""
     from graphopt.distributed.calibrate import cache_dir, cache_path
     graph = prepared.graph
     shapes = [(n.name, n.shape, n.dtype) for n in graph.nodes() if n.op == "placeholder"]
     key = json.dumps([graph.gm.code, shapes, prepared.micro, threads, cache_path(1).name,
-                      calibration], default=str)
+                      repr(spec) if spec is not None else ""], default=str)
     return cache_dir() / "steps" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
-def cached_step(prepared, threads: int, calibration: str = "") -> tuple[float, float]:
-    """:func:`time_step`, measured once per machine and calibration (module docstring)."""
-    path = cache_file(prepared, threads, calibration)
+def cached_step(prepared, threads: int, spec=None) -> tuple[float, float]:
+    """:func:`time_step`, measured once per machine and spec (module docstring)."""
+    path = cache_file(prepared, threads, spec)
     try:
         data = json.loads(path.read_text())
         return float(data["forward_s"]), float(data["backward_s"])
@@ -110,9 +110,9 @@ def cached_step(prepared, threads: int, calibration: str = "") -> tuple[float, f
 
 
 def measured_scale(prepared, spec_fwd_s: float, spec_bwd_s: float, threads: int,
-                   calibration: str = "") -> tuple[float, float]:
+                   spec=None) -> tuple[float, float]:
     """``(forward, backward)`` factors: measured seconds over the spec's (1.0 where the spec
-    predicts nothing); ``calibration`` names the spec (see :func:`cache_file`)."""
-    fwd, bwd = cached_step(prepared, threads, calibration)
+    predicts nothing); ``spec`` is the device spec the step corrects (see :func:`cache_file`)."""
+    fwd, bwd = cached_step(prepared, threads, spec)
     return (fwd / spec_fwd_s if spec_fwd_s > 0 else 1.0,
             bwd / spec_bwd_s if spec_bwd_s > 0 else 1.0)

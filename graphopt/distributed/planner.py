@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from graphopt.cost import LinkSpec, get_link
 from graphopt.distributed.launch import rank_threads
-from graphopt.distributed.plan_costs import optimizer_seconds
+from graphopt.distributed.plan_costs import on_host_cpu, optimizer_seconds
 from graphopt.distributed.simulate import placement, ring_allreduce_seconds, simulate_step
 from graphopt.errors import GraphoptError, PlanError
 
@@ -190,16 +190,10 @@ def links_of(costs) -> tuple[LinkSpec, LinkSpec]:
     return p2p, spec.allreduce_link or p2p
 
 
-def on_host_cpu(costs) -> bool:
-    """Whether the ranks are processes of this CPU host: they share its memory and its cores
-    (no core is left to reduce gradients beside the backward)."""
-    return costs.spec.device_type == "cpu" or costs.device == "cpu"
-
-
 def default_memory(costs, devices: int) -> int:
     """Memory per device when none is given: the device's; processes of one CPU host share it."""
     spec = costs.spec
-    return int(spec.memory // devices) if on_host_cpu(costs) else int(spec.memory)
+    return int(spec.memory // devices) if on_host_cpu(spec, costs.device) else int(spec.memory)
 
 
 def _optimizer_key(optimizer: str, momentum: float) -> str:
@@ -255,7 +249,7 @@ def predict(costs, config: Config, *, momentum: float = 0.0) -> Candidate:
                              dp=config.dp, virtual_stages=config.virtual,
                              grad_bytes_per_stage=prof.grad_bytes, allreduce_link=ring,
                              param_bytes_per_stage=prof.grad_bytes, act_bytes_per_stage=acts,
-                             optimizer=opt, overlap_sync=not on_host_cpu(costs))
+                             optimizer=opt, overlap_sync=not on_host_cpu(costs.spec, costs.device))
     est, speed = simulate(1.0), 1.0
     for _ in range(12 if share > 1.0 else 0):
         # Shared cores: the spec's rates hold with all N ranks busy; with c busy on average

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from graphopt.cost import OpClass, get_link
+from graphopt.distributed.plan_costs import on_host_cpu
 from graphopt.errors import PlanError
 from graphopt.partition.costgraph import CostGraph
 
@@ -215,14 +216,14 @@ def _simulated(lowered, graph, *, schedule, pp, v, microbatches, dp, device, lin
     if prepared is not None and times_steps(spec):
         # The model's own step, timed alone, as the planner scales its stages.
         timed = measured_scale(prepared, sum(fwd), sum(bwd), threads or 1,
-                               calibration=repr(spec))
+                               spec=spec)
         fwd, bwd = [f * timed[0] for f in fwd], [b * timed[1] for b in bwd]
     boundary = [0 if placement[p.index] == placement[p.index + 1] else p.wire_bytes(p.carry_out)
                 for p in lowered.programs[:-1]]
     opt = "adamw" if optimizer == "adamw" else ("sgd-momentum" if momentum else "sgd")
     est = simulate_step(fwd, bwd, boundary, ln, schedule, microbatches, dp=dp, virtual_stages=v,
                         grad_bytes_per_stage=grads, param_bytes_per_stage=params, optimizer=opt,
-                        overlap_sync=not (spec.device_type == "cpu" or device == "cpu"))
+                        overlap_sync=not on_host_cpu(spec, device))
     out = {"step_seconds": float(est.step_seconds), "bubble": float(est.bubble),
            "method": "graphopt.distributed.simulate.simulate_step", "device": device,
            "link": link, "stage_forward_seconds": fwd, "stage_backward_seconds": bwd,

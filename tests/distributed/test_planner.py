@@ -382,4 +382,4 @@ def test_step_timings_are_cached_per_machine_so_plans_repeat(tmp_path, monkeypat
     assert plan_profile.cached_step(prepared, 1) == first
     assert plan_profile.cache_file(prepared, 2) != path     # another thread count, another key
     # timed again for another calibration: the factors divide one by the other
-    assert plan_profile.cache_file(prepared, 1, calibration="another spec") != path
+    assert plan_profile.cache_file(prepared, 1, spec=get_device("cpu")) != path
