@@ -33,8 +33,8 @@ Model:
   rank's communication stream, overlapping the rest of the backward as DDP does. A bucket costs
   the ring all-reduce ``2(n−1)(α + (m/n)β)`` or, for comparison, a parameter server. CPU ranks
   that share a host's cores have no core left for the reduction (``overlap_sync=False``): there
-  every bucket waits for the end of the backward. On this 2-core host DDP added 12 ms to a
-  2-layer GPT-2 step at n = 2 and 35 ms at n = 4, against 6 and 18 ms of ring formula.
+  every bucket waits for the end of the backward. ``bench/ddp_sync.py`` measures what DDP adds
+  on such ranks beside both predictions.
 * **Memory per rank**: parameters + gradients + optimizer state + the activations of the
   micro-batches in flight under the schedule (forward done, backward not yet).
 
