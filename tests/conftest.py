@@ -1,13 +1,8 @@
-"""Test set-up: Triton kernels run through the interpreter unless a CUDA device is present;
-the checkout's root leaves ``sys.path`` (see :func:`graphopt.unshadow_kernels`)."""
+"""Test set-up: Triton kernels run through the interpreter unless a CUDA device is present."""
 import os
 
 import pytest
 import torch
-
-import graphopt
-
-graphopt.unshadow_kernels()
 
 if not torch.cuda.is_available():
     # Must be set before triton is first imported anywhere.
