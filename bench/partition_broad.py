@@ -41,13 +41,13 @@ from partition_models import CASES, QUICK, build  # noqa: E402
 
 import graphopt  # noqa: E402
 from graphopt.partition.costgraph import CostGraph  # noqa: E402
+from graphopt.partition.cut_rewrite import apply_splits  # noqa: E402
 from graphopt.partition.dp import cuts_to_parts, equal_flops_split  # noqa: E402
 from graphopt.partition.floor import any_order_floor, contiguous_floor  # noqa: E402
 from graphopt.partition.metrics import compute_metrics  # noqa: E402
 from graphopt.partition.split_plan import BALANCES, STRATEGIES, plan_splits  # noqa: E402
 from graphopt.passes import PassContext  # noqa: E402
 from graphopt.passes.partition_graph import partition_graph  # noqa: E402
-from graphopt.passes.split_ops import apply_splits  # noqa: E402
 
 IMBALANCE = 0.03
 

@@ -27,9 +27,9 @@ from graphopt.cli.common import (
 )
 from graphopt.distributed.stage_runtime import run_pipeline
 from graphopt.errors import GraphoptError, PlanError
+from graphopt.partition.cut_rewrite import cut_like
 from graphopt.partition.plan import Partition
 from graphopt.partition.search import check_early
-from graphopt.passes.split_ops import cut_like
 
 ORDER = 25
 

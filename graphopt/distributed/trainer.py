@@ -142,7 +142,7 @@ def make_job(prep: Prepared, cfg: TrainConfig, *, plan=None, memory_cap: float |
         if plan.k != k:
             raise PlanError(f"{plan.source} has {plan.k} parts but --pp {cfg.pp} x "
                             f"{cfg.virtual} stage(s) per rank needs {k}")
-        from graphopt.passes.split_ops import cut_like
+        from graphopt.partition.cut_rewrite import cut_like
         graph = cut_like(graph, plan.splits, plan.source)
         prep.graph = graph
         plan.check_graph(graph)

@@ -38,12 +38,12 @@ from graphopt.errors import PlanError
 from graphopt.graph import Graph
 from graphopt.partition.choose import FIXED_SLACK, TIME_SLACK, best_plan, choice_notes
 from graphopt.partition.costgraph import CostGraph
+from graphopt.partition.cut_rewrite import apply_splits
 from graphopt.partition.metrics import pipeline_estimate
 from graphopt.partition.plan import Partition
 from graphopt.partition.search import PartitionOptions, SearchResult, fastest, fewest_bytes, search
 from graphopt.partition.split_plan import BALANCES, STRATEGIES, plan_splits, prune_cuts
 from graphopt.passes.infra import PassContext, PassResult, register_pass
-from graphopt.passes.split_ops import apply_splits
 
 __all__ = ["partition_graph", "options_from", "SPLITS"]
 

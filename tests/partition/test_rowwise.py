@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import graphopt
+from graphopt.partition.cut_rewrite import apply_splits
 from graphopt.partition.rowwise import causal_mask, label_region, prefix_args, row_args
 from graphopt.partition.split_plan import Cut
 from graphopt.passes import check_invariants
-from graphopt.passes.split_ops import apply_splits
 
 
 def _fx(graph, name):

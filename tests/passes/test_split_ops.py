@@ -11,10 +11,10 @@ from torch import nn
 import graphopt
 from graphopt.distributed.stage_runtime import run_pipeline as run_stages
 from graphopt.errors import PlanError
+from graphopt.partition.cut_rewrite import _split_node, apply_splits
 from graphopt.partition.split_plan import node_split_kind, plan_splits, prune_cuts
 from graphopt.pass_lists import PARTITION, run_pipeline
 from graphopt.passes import OptionError, PassContext, check_invariants, get_pass
-from graphopt.passes.split_ops import _split_node, apply_splits
 from graphopt.specs import load_spec
 
 
@@ -206,8 +206,8 @@ def test_row_regions_of_transformers_equal_eager(spec, overrides):
 
 def test_plan_made_on_a_cut_graph_applies_to_a_fresh_capture(tmp_path):
     """partition.json records its cuts; the model captured again is cut the same way."""
+    from graphopt.partition.cut_rewrite import cut_like
     from graphopt.partition.plan import Partition
-    from graphopt.passes.split_ops import cut_like
     pytest.importorskip("transformers")
     overrides = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
                  "intermediate_size": 256, "vocab_size": 500}
