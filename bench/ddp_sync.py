@@ -67,9 +67,9 @@ def _slowest(per_rank: list[dict]) -> dict:
 
 
 def main() -> int:
-    from graphopt.cost import LinkSpec
-    from graphopt.distributed.launch import run_workers
-    from graphopt.distributed.simulate import simulate_step
+    from graphopt.costmodel.device import LinkSpec
+    from graphopt.costmodel.simulate import simulate_step
+    from graphopt.launch import run_workers
     rows = []
     for name in ("gpt2", "llama"):
         for n in (2, 4):

@@ -2,7 +2,7 @@
 
 Captures a model, runs its ATen graph node by node under a timing ``torch.fx`` interpreter
 (forward, one thread, the median of ``--repeats`` runs after a warm-up) and prints, per op
-class, the spec's predicted seconds (:func:`graphopt.device_spec.node_seconds`) next to the
+class, the spec's predicted seconds (:func:`graphopt.costmodel.node_time.node_seconds`) next to the
 measured ones, with the whole module's time for reference (the interpreter adds a little per
 node). The spec: ``--device-spec FILE`` (``graphopt calibrate`` output), else this machine's
 cached calibration for 2 processes (measured now if there is none).
@@ -47,7 +47,7 @@ class TimedInterpreter(torch.fx.Interpreter):
 def compare(name: str, spec, repeats: int) -> tuple[list[str], float, float]:
     """The per-class table of ``name``, the spec's sum and the module's measured seconds."""
     import graphopt
-    from graphopt.device_spec import node_seconds
+    from graphopt.costmodel.node_time import node_seconds
     model, inputs, _ = build(name)      # bench/partition_models.py's small configs
     model.train()                       # as a training step runs it: dropout on
     graph = graphopt.capture(model, inputs)
@@ -95,8 +95,8 @@ def main() -> int:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    from graphopt.device_spec import load_device_spec, save_device_spec
-    from graphopt.distributed.calibrate import cache_path, calibrate
+    from graphopt.costmodel.calibrate import cache_path, calibrate
+    from graphopt.costmodel.device_file import load_device_spec, save_device_spec
     path = args.device_spec
     if path is None:
         path = cache_path(2)

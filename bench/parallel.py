@@ -37,7 +37,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -63,20 +62,20 @@ _DEVICES: dict[int, tuple] = {}
 
 
 def device_for(world: int, recalibrate: bool):
-    """This machine's calibrated spec for ``world`` processes, registered as a device key
+    """This machine's calibrated cost model for ``world`` processes and its device document
     (calibrated at most once per run)."""
     if world in _DEVICES:
         return _DEVICES[world]
-    from graphopt.cli.common import calibrated_link, device_from
-    from graphopt.device_spec import save_device_spec
-    from graphopt.distributed.calibrate import cache_path, calibrate
+    from graphopt.costmodel.calibrate import cache_path, calibrate
+    from graphopt.costmodel.device_file import load_device_spec, save_device_spec
+    from graphopt.costmodel.target import CostModel, Target
     path = cache_path(world)
     if recalibrate or not path.is_file():
         say(f"calibrating {world} processes ...")
         save_device_spec(calibrate(world), path)
-    args = SimpleNamespace(device="cpu", device_spec=str(path))
     doc = json.loads(path.read_text())
-    _DEVICES[world] = (device_from(args), calibrated_link(args), doc)
+    cm = CostModel(Target.from_spec(load_device_spec(path), key=path.name))
+    _DEVICES[world] = (cm, doc)
     return _DEVICES[world]
 
 
@@ -102,7 +101,7 @@ def _allreduce_worker(rank: int, world: int, sizes: list[int], rounds: int) -> d
 
 def allreduce_check(hop_alpha: float, hop_beta: float, quick: bool) -> dict:
     """Measured all-reduce at n = 2, 3, 4 against the ring formula (module docstring)."""
-    from graphopt.distributed.launch import run_workers
+    from graphopt.launch import run_workers
     rows = []
     for n in (2, 3, 4):
         per_rank = run_workers(_allreduce_worker, n, (AR_SIZES, 3 if quick else 5), timeout_s=300)
@@ -146,16 +145,16 @@ def spread(ranked, k: int):
 
 def plan_world(n: int, names, loaded: dict, shared: dict, args) -> list[dict]:
     """Per model on ``n`` processes: the calibrated and the preset rankings, what to measure."""
-    from graphopt.distributed.plan_engine import engine_overhead
-    from graphopt.distributed.plan_model import ModelCosts
-    from graphopt.distributed.planner import plan_parallel
-    key, link, _ = device_for(n, args.recalibrate)
+    from graphopt.planner.engine import engine_overhead
+    from graphopt.planner.model import ModelCosts
+    from graphopt.planner.predict import plan_parallel
+    cm, _ = device_for(n, args.recalibrate)
     say(f"N={n}: the engine probe ...")
-    engine = engine_overhead(n, key, refresh=args.recalibrate, link=link)
+    engine = engine_overhead(n, cm, refresh=args.recalibrate)
     cases = []
     for name in names:
         t0 = time.perf_counter()
-        cal = ModelCosts(loaded[name], key, link=link, captures=shared.get(name))
+        cal = ModelCosts(loaded[name], cm, captures=shared.get(name))
         shared.setdefault(name, cal)
         cal.engines[n] = engine
         preset = ModelCosts(loaded[name], "cpu", captures=shared[name])
@@ -185,8 +184,8 @@ def _spread(cand) -> float | None:
 
 def measure_world(cases, n: int, args) -> None:
     """Every case's configurations, R repeats interleaved, in one launch of ``n`` processes."""
-    from graphopt.distributed.plan_measure import training_job
     from graphopt.distributed.trainer import run_jobs
+    from graphopt.planner.measure import training_job
     items = [(cand, costs) for case in cases
              for cand, costs in [(c, case["costs"]) for c in case["measure"]]
              + [(c, case["preset_costs"]) for c in case["preset_extra"]]]
@@ -213,13 +212,13 @@ def drift_world(cases, n: int) -> list[dict]:
     """Each model's training step timed again right after the launch, beside the timing its
     predictions were scaled by (taken at planning time, minutes before): how far this host's
     rates move while a benchmark runs, the floor under any prediction's error."""
-    from graphopt.distributed.launch import rank_threads
-    from graphopt.distributed.plan_profile import cached_step, time_step
+    from graphopt.launch import rank_threads
+    from graphopt.planner.profile import cached_step, time_step
     threads = rank_threads(n)
     out = []
     for case in cases:
         costs = case["costs"]
-        for micro in sorted({c.config.micro(costs.batch) for c in case["measure"]}):
+        for micro in sorted({c.config.microbatch_size for c in case["measure"]}):
             prepared = costs.prepared(micro)
             before = sum(cached_step(prepared, threads, spec=costs.spec))
             after = sum(time_step(prepared, threads))
@@ -236,7 +235,7 @@ def _ms(x) -> str:
 def report(cases, ar, drift, args, seconds: float) -> tuple[str, list[str]]:
     from scipy.stats import spearmanr
 
-    from graphopt.distributed.plan_measure import rank_agreement
+    from graphopt.planner.measure import rank_agreement
     lines = ["# Parallelism planner: predicted vs measured", "",
              f"`python bench/parallel.py{' --quick' if args.quick else ''}`, {seconds / 60:.1f} "
              f"min. Processes of this host, gloo on 127.0.0.1; steps {args.steps}, repeats "
@@ -319,7 +318,7 @@ def report(cases, ar, drift, args, seconds: float) -> tuple[str, list[str]]:
         common = [c for c in cal.ranked if c.config in pos]
         rho = spearmanr(range(len(common)), [pos[c.config] for c in common])[0] \
             if len(common) >= 3 else float("nan")
-        ks = sorted({c.config.stages for c in cal.ranked if c.config.stages > 1})
+        ks = sorted({c.config.n_stages for c in cal.ranked if c.config.n_stages > 1})
         differ = sum(1 for k in ks if not np.array_equal(
             case["costs"].plan(k).part_array(), case["preset_costs"].plan(k).part_array()))
         meas = "same choice"
@@ -378,7 +377,7 @@ def main() -> int:
                               **MODELS[name][2]) for name in names}
     cases, shared, ar, drift = [], {}, None, []
     for n in worlds:      # calibrate, plan and measure each N close together in time
-        _, _, doc = device_for(n, args.recalibrate)
+        _, doc = device_for(n, args.recalibrate)
         if n == 2:
             lk = doc["links"]["allreduce"]
             say("all-reduce at n = 2, 3, 4 ...")

@@ -3,7 +3,7 @@
 For each model and schedule, both plans train the same steps on the same processes in one launch
 (``graphopt.distributed.trainer.run_jobs``: one process start-up; a throw-away warm-up job
 first, then every variant round-robin ``--rounds`` times, so the machine's load falls on all
-alike): graphopt's plan (:func:`graphopt.distributed.train_cost.plan_training`: forward plus
+alike): graphopt's plan (:func:`graphopt.planner.training.plan_training`: forward plus
 backward weights, training memory) and the equal-FLOPs contiguous split of the forward graph's
 order (``graphopt.partition.dp.equal_flops_split``: the split a user makes by hand), and under
 GPipe graphopt's plan again with the direct lowering (skips sent straight to their consumer).
@@ -13,7 +13,7 @@ predicts, the measured bubble (idle share of the ranks' step) and the cost model
 both.
 
 Second table: the backward/forward time ratio of single ops on this CPU (1 thread, autograd),
-beside the factor the training cost model uses (``train_cost.BACKWARD_FACTOR``).
+beside the factor the training cost model uses (``graphopt.op_table.BACKWARD_FACTOR``).
 
     python bench/train.py                 # writes bench/results/train.md
     python bench/train.py --models gpt2 --steps 4
@@ -54,34 +54,30 @@ def equal_flops_plan(graph, k: int, model: str):
                      method="equal_flops", options={"device": "cpu", "link": "loopback"})
 
 
-def estimate_device(pp: int) -> tuple[str, str, str]:
-    """``(device, link, what)`` for the estimate: this machine's calibration for ``pp``
+def estimate_device(pp: int):
+    """``(cost model, what)`` for the estimate: this machine's calibration for ``pp``
     processes when ``graphopt calibrate --world pp`` has cached one, else the cpu preset."""
-    from graphopt.cost import DEVICES, LINKS
-    from graphopt.distributed.calibrate import cache_path
+    from graphopt.costmodel.calibrate import cache_path
+    from graphopt.costmodel.device_file import load_device_spec
+    from graphopt.costmodel.target import CostModel, Target
     path = cache_path(pp)
     if not path.exists():
-        return "cpu", "loopback", "the `cpu` preset and the `loopback` link (no calibration)"
-    from graphopt.device_spec import load_device_spec
-    spec = load_device_spec(path)
-    DEVICES["calibrated"] = spec
-    link = "loopback"
-    if getattr(spec, "p2p_link", None) is not None:
-        LINKS["calibrated"] = spec.p2p_link
-        link = "calibrated"
-    return "calibrated", link, f"this machine's calibration (`graphopt calibrate --world {pp}`)"
+        cm = CostModel(Target.preset("cpu"))
+        return cm, f"{cm.describe()} (no calibration)"
+    cm = CostModel(Target.from_spec(load_device_spec(path), key=path.name))
+    return cm, f"{cm.describe()} (`graphopt calibrate --world {pp}`)"
 
 
 def run_model(name: str, pp: int, microbatches: int, steps: int, schedules: list[str],
-              device: str, link: str, rounds: int) -> list[dict]:
+              cost_model, rounds: int) -> list[dict]:
     from graphopt.distributed.job import TrainConfig
-    from graphopt.distributed.train_cost import estimate_step
-    from graphopt.distributed.trainer import make_job, measured_bubble, prepare_model, run_jobs
+    from graphopt.distributed.trainer import measured_bubble, run_jobs
     from graphopt.errors import PlanError
+    from graphopt.planner.training import estimate_step, make_job, prepare_model
     from graphopt.specs import load_spec
     spec, overrides, kw = MODELS[name]
     loaded = load_spec(spec, overrides=overrides, **kw)
-    prep = prepare_model(loaded, TrainConfig(pp=pp, microbatches=microbatches))
+    prep = prepare_model(loaded, TrainConfig.of(pp=pp, microbatches=microbatches))
     jobs, meta = [], []
     for schedule in schedules:
         variants = [("graphopt", None, "relay"),
@@ -89,16 +85,14 @@ def run_model(name: str, pp: int, microbatches: int, steps: int, schedules: list
         if schedule == "gpipe":      # the same plan with its skips sent straight to the consumer
             variants.append(("graphopt", None, "direct"))
         for label, plan, lowering in variants:
-            cfg = TrainConfig(pp=pp, schedule=schedule, microbatches=microbatches, steps=steps,
-                              timeout_s=1200, lowering=lowering)
+            cfg = TrainConfig.of(pp=pp, schedule=schedule, microbatches=microbatches,
+                                 steps=steps, timeout_s=1200, lowering=lowering)
             try:
-                job, info = make_job(prep, cfg, plan=plan, device=device, link=link)
+                job, info = make_job(prep, cfg, plan=plan, cost_model=cost_model)
             except PlanError as exc:           # e.g. a tuple crosses: direct cannot send it
                 print(f"  {spec} {schedule} {label} {lowering}: skipped ({exc})", flush=True)
                 continue
-            est = estimate_step(info.plan, job.lowered, prep.graph, schedule=schedule, pp=pp,
-                                v=1, microbatches=microbatches, device=device, link=link,
-                                placement=job.placement)
+            est = estimate_step(info.plan, prep, cfg, cost_model)
             jobs.append(job)
             meta.append((schedule, label, lowering, info, est))
     # the first job of a launch pays the processes' warm-up (allocator, kernel caches, lazy
@@ -128,13 +122,12 @@ def run_model(name: str, pp: int, microbatches: int, steps: int, schedules: list
 def joint_check(name: str, pp: int, microbatches: int) -> tuple[str, int, int, int]:
     """(model, forward FLOPs, aot_autograd joint-graph FLOPs, the cost model's training FLOPs)."""
     from graphopt.distributed.job import TrainConfig
-    from graphopt.distributed.train_cost import training_cost_graph
-    from graphopt.distributed.trainer import prepare_model
     from graphopt.memory.joint import capture_joint
+    from graphopt.planner.training import prepare_model, training_cost_graph
     from graphopt.specs import load_spec
     spec, overrides, kw = MODELS[name]
     prep = prepare_model(load_spec(spec, overrides=overrides, **kw),
-                         TrainConfig(pp=pp, microbatches=microbatches))
+                         TrainConfig.of(pp=pp, microbatches=microbatches))
     joint = capture_joint(prep.graph, [t[:prep.micro] for t in prep.batches.example])
     return (spec, prep.graph.total_flops, joint.graph.total_flops,
             training_cost_graph(prep.graph, "cpu").total_flops)
@@ -153,7 +146,7 @@ def _time(fn, reps: int) -> float:
 def backward_ratios() -> list[tuple[str, float, float]]:
     """(op, measured backward/forward time, the model's factor) on 1 thread."""
     from graphopt.cost import OpClass
-    from graphopt.distributed.train_cost import BACKWARD_FACTOR
+    from graphopt.op_table import BACKWARD_FACTOR
     torch.set_num_threads(1)
     big = torch.randn(1024, 1024, requires_grad=True)
     other = torch.randn(1024, 1024, requires_grad=True)
@@ -207,7 +200,7 @@ def write(rows: list[dict], ratios, joints, path: Path, args, what: str, threads
              "first, with the rounds' range. Bytes: what the engine posted between stages in one step "
              "(p2p calls counted), beside the relay lowering's prediction; plan comm: the "
              "plan's own one-send-per-consumer count per micro-batch. Estimate: "
-             f"`graphopt.distributed.train_cost.estimate_step` on {what}.", "",
+             f"`graphopt.planner.training.estimate_step` on {what}.", "",
              "| model | schedule | plan | lowering | imbalance | step ms (min-max) | est. ms | "
              "samples/s | bytes/step | predicted | plan comm/mb | bubble | est. bubble |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -241,12 +234,12 @@ def main() -> None:
     ap.add_argument("-o", "--out", default=str(Path(__file__).parent / "results" / "train.md"))
     args = ap.parse_args()
     threads = torch.get_num_threads()
-    device, link, what = estimate_device(args.pp)
+    cost_model, what = estimate_device(args.pp)
     rows = []
     for name in args.models.split(","):
         t = time.perf_counter()
         got = run_model(name, args.pp, args.microbatches, args.steps, args.schedules.split(","),
-                        device, link, args.rounds)
+                        cost_model, args.rounds)
         rows += got
         for r in got:
             print(f"{r['model']:>20} {r['schedule']:>5} {r['plan']:>12} {r['lowering']:>6}: "

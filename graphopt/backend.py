@@ -28,6 +28,7 @@ import torch
 
 from graphopt.errors import GraphoptError
 from graphopt.graph import Graph
+from graphopt.parallel import MemoryBudget
 from graphopt.pass_lists import (
     FUSION_STEPS,
     INFERENCE,
@@ -49,8 +50,10 @@ class BackendOptions:
 
     Attributes:
         memory_budget: float in (0, 1] (fraction of the activation bytes the no-remat plan
-            holds, free pointwise ops recomputed) or int bytes; training graphs only. Below a
-            graph's feasible minimum, the tightest plan and one warning with the minimum.
+            holds, free pointwise ops recomputed) or int bytes (a string such as ``"256MiB"``
+            is read too), checked by :meth:`graphopt.parallel.MemoryBudget.parse` and kept as
+            its plain value; training graphs only. Below a graph's feasible minimum, the
+            tightest plan and one warning with the minimum.
         fuse: run fused groups as generated Triton kernels (default: on for CUDA tensors).
         triton_interpret: run the generated kernels on CPU tensors through Triton's interpreter.
         dump_dir: write the captured graphs, plans and kernel sources there.
@@ -70,16 +73,9 @@ class BackendOptions:
             raise GraphoptError(f"unknown graphopt backend option(s) {', '.join(unknown)}; "
                                 f"known options: {', '.join(known)}")
         opts = cls(**options)
-        budget = opts.memory_budget
-        if budget is not None:
-            if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-                raise GraphoptError(f"memory_budget must be a float in (0, 1] or an int of "
-                                    f"bytes, got {budget!r}")
-            if isinstance(budget, float) and not 0.0 < budget <= 1.0:
-                raise GraphoptError(f"memory_budget {budget} is a fraction and must lie in "
-                                    "(0, 1]; pass an int for bytes")
-            if isinstance(budget, int) and budget <= 0:
-                raise GraphoptError(f"memory_budget {budget} bytes must be positive")
+        if opts.memory_budget is not None:
+            opts.memory_budget = MemoryBudget.parse(opts.memory_budget,
+                                                    option="memory_budget").value
         for flag in ("fuse", "triton_interpret"):
             value = getattr(opts, flag)
             if value is not None and not isinstance(value, bool):

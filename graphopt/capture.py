@@ -14,7 +14,9 @@ When nothing captures one whole graph, TorchDynamo's explain names the graph bre
 and :func:`capture_pieces` returns the pieces between them.
 
 Parameters and buffers appear as ``get_attr`` nodes, so a graph split into stages keeps each
-parameter with the stage that uses it. The graph takes the flat user inputs and returns a flat tuple.
+parameter with the stage that uses it. A tied weight (one tensor under two names, as GPT-2's
+embedding and LM head) is one node, so it is counted once (:func:`merge_tied`). The graph takes
+the flat user inputs and returns a flat tuple.
 """
 from __future__ import annotations
 
@@ -104,9 +106,45 @@ def _target_name(target) -> str:
     return getattr(target, "__name__", "")
 
 
+def _attr(gm: torch.nn.Module, target: str):
+    obj = gm
+    for part in str(target).split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def merge_tied(gm: torch.fx.GraphModule) -> dict[str, list[str]]:
+    """One ``get_attr`` node per tensor: a tied weight (GPT-2's token embedding and LM head,
+    one ``Parameter`` under two names) comes out of export as two ``get_attr`` nodes; the
+    later ones' uses move to the first, so the weight is one node, counted and placed once.
+    Identity is the tensor object (``named_parameters(remove_duplicate=False)`` lists both
+    names for it). Returns ``{kept node: [other names of the tensor]}``; the kept node's
+    ``meta["tied"]`` holds them too."""
+    kept: dict[int, torch.fx.Node] = {}
+    merged: dict[str, list[str]] = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "get_attr":
+            continue
+        t = _attr(gm, node.target)
+        if not isinstance(t, torch.Tensor):
+            continue
+        first = kept.setdefault(id(t), node)
+        if first is node:
+            continue
+        node.replace_all_uses_with(first)
+        gm.graph.erase_node(node)
+        merged.setdefault(first.name, []).append(str(node.target))
+        first.meta.setdefault("tied", []).append(str(node.target))
+    return merged
+
+
 def _clean(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Drop export's guard module and assertion nodes; make the module take flat inputs."""
+    """Drop export's guard module and assertion nodes; make the module take flat inputs; one
+    node per tied weight (:func:`merge_tied`)."""
     g = gm.graph
+    merge_tied(gm)
     for node in list(g.nodes):
         is_assert = node.op == "call_function" and _target_name(node.target) in _ASSERT_OPS
         is_guard = node.op == "call_module" and str(node.target).startswith("_guards")

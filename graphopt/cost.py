@@ -1,7 +1,8 @@
-"""The cost model: FLOPs, memory traffic and time for one ATen op, and the alpha-beta link model.
+"""FLOPs and memory traffic of one ATen op: what :mod:`graphopt.graph` records on every node.
 
-Everything that partitions, fuses or plans memory asks this module what a node costs, so the
-formulas live here once and nowhere else. Which family an op is in and which formula or
+Time (what a node costs on a device, links, the step) is the cost model's, in
+:mod:`graphopt.costmodel`, which prices nodes from the FLOPs and bytes counted here; the formulas
+live here once and nowhere else. Which family an op is in and which formula or
 per-element weight it takes is its entry in :mod:`graphopt.op_table`.
 
 Formulas (``numel`` = number of elements of a tensor, outputs unless said otherwise):
@@ -22,25 +23,17 @@ Formulas (``numel`` = number of elements of a tensor, outputs unless said otherw
 Bytes: ``bytes_read`` is the sum of the tensor inputs' bytes, ``bytes_written`` the outputs'. Views
 and other aliasing ops move nothing (both 0), though their ``out_bytes`` still report the logical
 size, which is what a transfer of that value to another device would carry.
-
-Time (roofline): ``t = max(flops / peak, (bytes_read + bytes_written) / bandwidth)`` where ``peak`` is
-the device's matrix peak for matmul-class ops at the op's dtype and its vector peak otherwise.
-Communication (alpha-beta): ``t = alpha + bytes / beta`` per message.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
 from graphopt import op_table
 from graphopt.op_table import OpClass, op_name
 
-__all__ = [
-    "OpClass", "op_class", "op_name", "node_flops", "tensor_bytes", "DeviceSpec", "LinkSpec",
-    "DEVICES", "LINKS", "get_device", "get_link", "roofline_seconds",
-]
+__all__ = ["OpClass", "op_class", "op_name", "node_flops", "tensor_bytes", "FORMULAS"]
 
 
 def op_class(target) -> str:
@@ -176,100 +169,3 @@ def node_flops(target, args: list, kwargs: dict, out) -> int:
     if cls == OpClass.ELEMENTWISE:
         return _numel(_first_tensor(out)) * weight
     return _numel(_first_tensor(list(args))) * weight
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """Peak rates of one device, for roofline estimates.
-
-    ``matmul_flops`` maps a dtype name to the dense matrix-unit peak (FLOP/s); ``vector_flops`` is
-    the non-matrix peak; ``bandwidth`` is main-memory bandwidth in bytes/s; ``memory`` in bytes;
-    ``launch_seconds`` the fixed cost every op pays (kernel launch, or eager dispatch on a CPU).
-
-    A spec measured by ``graphopt calibrate`` (see :mod:`graphopt.device_spec`) also carries what
-    the presets cannot know: ``view_seconds`` (the dispatch cost of an aliasing op, which moves no
-    bytes), ``matmul_curve`` (dtype -> ``((flops, flop_per_s), ...)`` measured at several sizes, since
-    small matmuls run far below the peak), the measured links ``p2p_link`` and ``allreduce_link``
-    (the ring all-reduce's per-hop model), ``device_type`` (``cpu`` or ``cuda``),
-    ``attention_curve`` (``((flops, flop_per_s), ...)`` of the fused attention op, which runs well
-    below the matmul rate on a CPU) and ``random_rate`` (random numbers drawn per second).
-    """
-
-    name: str
-    matmul_flops: dict = field(default_factory=dict)
-    vector_flops: float = 1e12
-    bandwidth: float = 1e11
-    memory: int = 16 * 2**30
-    launch_seconds: float = 0.0
-    view_seconds: float = 0.0
-    matmul_curve: dict = field(default_factory=dict)
-    p2p_link: LinkSpec | None = None
-    allreduce_link: LinkSpec | None = None
-    device_type: str = ""
-    attention_curve: tuple = ()
-    random_rate: float = 0.0
-
-    def matmul_peak(self, dtype: str) -> float:
-        return self.matmul_flops.get(dtype, self.matmul_flops.get("float32", self.vector_flops))
-
-
-@dataclass(frozen=True)
-class LinkSpec:
-    """Alpha-beta model of a point-to-point link: ``alpha + bytes / beta`` seconds a message."""
-
-    name: str
-    alpha: float  # seconds of latency per message
-    beta: float   # bytes per second
-
-    def seconds(self, nbytes: int) -> float:
-        return 0.0 if nbytes <= 0 else self.alpha + nbytes / self.beta
-
-
-# Dense (no sparsity) datasheet peaks.
-DEVICES = {
-    "h100": DeviceSpec("NVIDIA H100 SXM", {"float32": 494.7e12 / 2, "tf32": 494.7e12,
-                                           "bfloat16": 989.4e12, "float16": 989.4e12},
-                       vector_flops=66.9e12, bandwidth=3.35e12, memory=80 * 2**30,
-                       launch_seconds=3e-6),
-    "a100": DeviceSpec("NVIDIA A100 SXM 80GB", {"float32": 156e12 / 2, "tf32": 156e12,
-                                                "bfloat16": 312e12, "float16": 312e12},
-                       vector_flops=19.5e12, bandwidth=2.039e12, memory=80 * 2**30,
-                       launch_seconds=3e-6),
-    "cpu": DeviceSpec("generic 16-core AVX-512 CPU", {"float32": 1.5e12, "bfloat16": 3e12},
-                      vector_flops=1.5e12, bandwidth=100e9, memory=64 * 2**30),
-}
-LINKS = {
-    "nvlink4": LinkSpec("NVLink 4 (H100, per direction)", alpha=2e-6, beta=450e9),
-    "nvlink3": LinkSpec("NVLink 3 (A100, per direction)", alpha=2e-6, beta=300e9),
-    "pcie4": LinkSpec("PCIe 4.0 x16", alpha=5e-6, beta=25e9),
-    "ethernet100": LinkSpec("100 Gb/s Ethernet", alpha=20e-6, beta=12.5e9),
-    "loopback": LinkSpec("gloo over loopback (one host)", alpha=30e-6, beta=5e9),
-}
-
-
-def get_device(name_or_spec) -> DeviceSpec:
-    if isinstance(name_or_spec, DeviceSpec):
-        return name_or_spec
-    try:
-        return DEVICES[str(name_or_spec).lower()]
-    except KeyError:
-        raise ValueError(f"unknown device {name_or_spec!r}; known: {', '.join(DEVICES)}") from None
-
-
-def get_link(name_or_spec) -> LinkSpec:
-    if isinstance(name_or_spec, LinkSpec):
-        return name_or_spec
-    try:
-        return LINKS[str(name_or_spec).lower()]
-    except KeyError:
-        raise ValueError(f"unknown link {name_or_spec!r}; known: {', '.join(LINKS)}") from None
-
-
-def roofline_seconds(flops: int, bytes_moved: int, op_cls: str, dtype: str,
-                     device: DeviceSpec) -> float:
-    """Lower-bound time of one op: the slower of its compute and its memory traffic."""
-    if flops == 0 and bytes_moved == 0:
-        return 0.0
-    peak = device.matmul_peak(dtype) if op_cls in (OpClass.MATMUL, OpClass.CONV,
-                                                   OpClass.ATTENTION) else device.vector_flops
-    return max(flops / peak, bytes_moved / device.bandwidth) + device.launch_seconds

@@ -194,10 +194,10 @@ _SOFTMAX_ROWS = rows("along_dim", dim_arg=1, default=0)
 _NORM = [
     Op("layer_norm", C.NORM, rows={"default": _NORM_ROWS}),
     Op("rms_norm", C.NORM, rows={"default": _NORM_ROWS}),
-    Op("softmax", C.NORM, flops=5, rows={"int": _SOFTMAX_ROWS}),
-    Op("_softmax", C.NORM, flops=5, rows={"default": _SOFTMAX_ROWS}),
-    Op("log_softmax", C.NORM, flops=5, rows={"int": _SOFTMAX_ROWS}),
-    Op("_log_softmax", C.NORM, flops=5, rows={"default": _SOFTMAX_ROWS}),
+    Op("softmax", C.NORM, flops=5, backward=1.5, rows={"int": _SOFTMAX_ROWS}),
+    Op("_softmax", C.NORM, flops=5, backward=1.5, rows={"default": _SOFTMAX_ROWS}),
+    Op("log_softmax", C.NORM, flops=5, backward=1.5, rows={"int": _SOFTMAX_ROWS}),
+    Op("_log_softmax", C.NORM, flops=5, backward=1.5, rows={"default": _SOFTMAX_ROWS}),
     Op("_softmax_backward_data", C.NORM, flops=4),
     Op("_log_softmax_backward_data", C.NORM, flops=4),
     *_family(C.NORM, "native_layer_norm group_norm native_group_norm batch_norm "

@@ -184,6 +184,8 @@ class Op:
         draws_with: for an op that draws only with a probability argument (attention's
             ``dropout_p``), that argument's name: a call with it 0 draws nothing, so
             :func:`node_effect` calls it pure (recomputable).
+        backward: its backward's cost over its forward's (time and FLOPs) when its output
+            needs a gradient; ``None`` takes its class's :data:`BACKWARD_FACTOR`.
     """
 
     name: str
@@ -193,11 +195,34 @@ class Op:
     fuse: dict = field(default_factory=dict)
     rows: dict = field(default_factory=dict)
     draws_with: str | None = None
+    backward: float | None = None
 
     @property
     def aliases(self) -> bool:
         """Its result shares storage with its first input (a view)."""
         return self.cls == OpClass.VIEW
+
+
+#: Backward cost over forward cost per op class, for a node whose output needs a gradient
+#: (an entry's ``backward`` overrides it). Matmul and convolution are ``None``: one matmul of
+#: the same size per operand that needs a gradient (dX, dW), counted on the node
+#: (:func:`graphopt.costmodel.backward.backward_factors`). Attention: four matmuls for two
+#: forward ones plus the softmax again; normalisation: the mean and variance terms of the input
+#: gradient and the affine ones; pointwise, reductions, gathers: one pass of the same size;
+#: views, creation, constants: nothing to differentiate.
+BACKWARD_FACTOR = {OpClass.ATTENTION: 2.5, OpClass.NORM: 2.0, OpClass.ELEMENTWISE: 1.0,
+                   OpClass.REDUCTION: 1.0, OpClass.INJECTIVE: 1.0, OpClass.RANDOM: 1.0,
+                   OpClass.OPAQUE: 1.0, OpClass.MATMUL: None, OpClass.CONV: None}
+
+
+def backward_factor(target, cls: str) -> float | None:
+    """The backward factor of an op of class ``cls``: its entry's, else its class's (None for
+    matmul and convolution, whose factor is their differentiable operands; 0 for classes with
+    no backward)."""
+    entry = lookup(target) if not isinstance(target, str) else _entries().get(target)
+    if entry is not None and entry.backward is not None:
+        return entry.backward
+    return BACKWARD_FACTOR.get(cls, 0.0)
 
 
 _table: dict[str, Op] | None = None

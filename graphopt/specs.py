@@ -187,6 +187,10 @@ def _load_hf(spec: str, cls_name: str, overrides: dict, batch: int, seq: int,
     except Exception as exc:  # noqa: BLE001
         raise SpecError(f"{spec}: building {cls_name} raised {type(exc).__name__}: "
                         f"{first_line(exc)}") from exc
+    if getattr(model, "loss_type", "") is None:
+        # transformers finds no loss by some class names (GPT2LMHeadModel) and, at the first
+        # loss, warns once per process that it uses the causal-LM loss; name that loss here
+        model.loss_type = "ForCausalLM"
     main = getattr(model, "main_input_name", "input_ids")
     gen = torch.Generator().manual_seed(seed)
     if main == "input_ids":

@@ -94,3 +94,29 @@ def test_symbolic_trace_is_only_a_fallback():
     with pytest.raises(graphopt.CaptureError, match="symbolic_trace failed"):
         graphopt.capture(model, inputs, mode="symbolic_trace")
     assert graphopt.capture(model, inputs).capture_mode == "export"
+
+
+class _Tied(torch.nn.Module):
+    """An embedding and an LM head sharing one weight (GPT-2's tie)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 16)
+        self.mid = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 50, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.mid(self.emb(ids))))
+
+
+def test_a_tied_weight_is_one_node_counted_once():
+    model = _Tied()
+    ids = torch.randint(0, 50, (2, 8))
+    graph = graphopt.capture(model, (ids,))
+    tied = [i for i in graph.nodes() if i.is_param and i.out_bytes == 50 * 16 * 4]
+    assert len(tied) == 1
+    unique = sum(p.numel() * p.element_size() for p in model.parameters())   # counts once
+    assert sum(i.out_bytes for i in graph.nodes() if i.is_param) == unique
+    with torch.no_grad():
+        assert torch.equal(graph.run(ids)[0], model(ids))

@@ -7,8 +7,8 @@ import pytest
 
 from graphopt import schemas
 from graphopt.cli.main import main
-from graphopt.device_spec import load_device_spec
-from graphopt.distributed.calibrate import CalibrationError, cache_path, fit_alpha_beta
+from graphopt.costmodel.calibrate import CalibrationError, cache_path, fit_alpha_beta
+from graphopt.costmodel.device_file import load_device_spec
 
 
 def test_fit_recovers_alpha_and_beta():

@@ -10,13 +10,14 @@ import json
 import subprocess
 import sys
 import textwrap
-import types
 
 import pytest
 
-from graphopt.capture import capture
-from graphopt.cli.main import build_parser, main
-from graphopt.cost import DEVICES, LINKS, DeviceSpec, LinkSpec, roofline_seconds
+from graphopt.capture import MODES, capture
+from graphopt.cli.common import CAPTURE_MODES
+from graphopt.cli.main import COMMANDS, build_parser, main
+from graphopt.costmodel.device import DeviceSpec, LinkSpec, roofline_seconds
+from graphopt.costmodel.presets import DEVICES, LINKS
 from graphopt.errors import GraphoptError
 from graphopt.specs import load_spec
 
@@ -55,6 +56,63 @@ def bad_plans(tmp_path):
     (tmp_path / "schema.json").write_text(json.dumps({"schema": "graphopt.fusion/1", "k": 2}))
     (tmp_path / "k.json").write_text(json.dumps({"schema": "graphopt.partition/1", "k": 0}))
     return tmp_path
+
+
+# -- start-up: help, version and argument errors never import torch ---------------------------
+# (python -X importtime shows what each of these imports; `graphopt --help` takes about 0.05 s)
+_NO_TORCH = """
+import sys
+from graphopt.cli.main import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "numpy", "networkx", "transformers", "matplotlib")
+               if m in sys.modules)
+print("HEAVY", ",".join(heavy))
+sys.exit(code)
+"""
+_BAD_ARGS = {
+    "inspect": ["zoo:mlp", "--format", "xml"],
+    "partition": ["zoo:mlp", "-k", "0"],
+    "pipeline": ["zoo:mlp", "-k", "2", "--frobnicate"],
+    "train": ["zoo:mlp", "--frobnicate"],
+    "plan": ["zoo:mlp", "--frobnicate"],
+    "fuse": ["zoo:mlp", "--format", "xml"],
+    "remat": ["zoo:mlp", "--budget", "0.5", "--solver", "magic"],
+    "calibrate": ["--frobnicate"],
+}
+
+
+def _heavy_imports(argv):
+    proc = subprocess.run([sys.executable, "-c", _NO_TORCH, *argv], capture_output=True,
+                          text=True, timeout=120)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("HEAVY"))
+    return proc.returncode, line.split(" ", 1)[1] if " " in line else "", proc
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["frobnicate"],
+                                  *[[c, "--help"] for c in ("partition", "fuse", "remat")],
+                                  *[[c, *a] for c, a in _BAD_ARGS.items()]],
+                         ids=lambda a: " ".join(a))
+def test_help_and_bad_arguments_import_no_torch(argv):
+    assert set(_BAD_ARGS) == set(COMMANDS)
+    code, heavy, proc = _heavy_imports(argv)
+    assert code == (0 if "--help" in argv or "--version" in argv else 2), proc.stderr
+    assert heavy == "", f"graphopt {' '.join(argv)} imported {heavy}"
+
+
+def test_checks_that_need_no_model_come_before_torch(tmp_path, monkeypatch):
+    """--format svg without Graphviz, and a bad --format, are refused before any import."""
+    monkeypatch.setenv("PATH", str(tmp_path))   # no `dot` on it
+    for argv in (["partition", "zoo:mlp", "-k", "2", "--format", "svg"],
+                 ["partition", "zoo:mlp", "-k", "2", "--format", "pdf"],
+                 ["remat", "zoo:mlp", "--budget", "0.5", "--plot", "gif"]):
+        code, heavy, proc = _heavy_imports([*argv, "-o", str(tmp_path / "out")])
+        assert code == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert heavy == "", f"graphopt {' '.join(argv)} imported {heavy}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_capture_modes_are_the_library_s():
+    assert CAPTURE_MODES == MODES
 
 
 # -- model specs and their options, before any capture --------------------------------------------
@@ -115,10 +173,12 @@ def test_bad_sizes(capsys, tmp_path, argv, needle):
 
 # -- plans, k and the other numbers ------------------------------------------------------------
 @pytest.mark.parametrize("argv, needle", [
-    (["partition", "zoo:mlp", "-k", "0"], "k must be at least 1"),
-    (["partition", "zoo:mlp", "-k", "-2"], "k must be at least 1"),
-    (["partition", "zoo:mlp", "-k", "two"], "invalid int value: 'two'"),
-    (["partition", "zoo:mlp", "-k", "2", "--ncuts", "0"], "--ncuts must be at least 1"),
+    (["partition", "zoo:mlp", "-k", "0"], "-k/--k: expected a positive integer, got 0"),
+    (["partition", "zoo:mlp", "-k", "-2"], "-k/--k: expected a positive integer, got -2"),
+    (["partition", "zoo:mlp", "-k", "two"], "expected a positive integer, got 'two'"),
+    (["partition", "zoo:mlp", "-k", "2", "--ncuts", "0"], "--ncuts: expected a positive integer"),
+    (["partition", "zoo:mlp", "-k", "2", "--imbalance", "-1"], "--imbalance: expected a number"),
+    (["partition", "zoo:mlp", "-k", "2", "--microbatches", "0"], "--microbatches: expected a"),
     (["pipeline", "zoo:mlp", "-k", "0"], "k must be at least 1"),
     (["pipeline", "zoo:mlp"], "give -k K"),
     (["pipeline", "zoo:mlp", "-k", "2", "--rtol", "-1"], "--rtol"),
@@ -215,9 +275,7 @@ def device_file(tmp_path, monkeypatch):
             return dataclasses.replace(CALIBRATED, p2p_link=MEASURED_LINK)
         return CALIBRATED
 
-    module = types.ModuleType("graphopt.device_spec")
-    module.load_device_spec = load_device_spec
-    monkeypatch.setitem(sys.modules, "graphopt.device_spec", module)
+    monkeypatch.setattr("graphopt.costmodel.device_file.load_device_spec", load_device_spec)
     before = (dict(DEVICES), dict(LINKS))
     yield path, seen
     for registry, saved in zip((DEVICES, LINKS), before):
@@ -248,10 +306,13 @@ def test_device_spec_reaches_the_partitioner(capsys, tmp_path, device_file):
     assert code == 0, err
     assert len(seen) == 1   # read once, however many places consult the device
     options = json.loads((tmp_path / "p" / "partition.json").read_text())["options"]
-    assert options["device"] == "test box"
-    if hasattr(CALIBRATED, "p2p_link"):
-        assert options["link"] == "test box"
-        assert options["alpha"] == MEASURED_LINK.alpha and options["beta"] == MEASURED_LINK.beta
+    # the spec travels as a value (a cost model's target): the plan names what it was priced
+    # for, the loaded spec with its measured link, and nothing is registered in the presets
+    assert options["priced_for"] == "Test Box, calibrated"
+    assert options["launch_seconds"] == CALIBRATED.launch_seconds
+    assert options["link_name"] == MEASURED_LINK.name
+    assert options["alpha"] == MEASURED_LINK.alpha and options["beta"] == MEASURED_LINK.beta
+    assert "test box" not in DEVICES and "test box" not in LINKS
 
 
 @pytest.mark.parametrize("command", DEVICE_USERS)

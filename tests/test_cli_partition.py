@@ -47,12 +47,44 @@ def test_partition_svg_without_graphviz_is_bad_input(capsys, tmp_path, monkeypat
     code, _, err = run_cli(capsys, "partition", "zoo:mlp", "-k", 2, "-o", tmp_path, "-q",
                            "--format", "svg")
     _one_line_error(code, err, "apt-get install graphviz")
+    assert not tmp_path.joinpath("partition.json").exists()
+
+
+def test_partition_svg_beside_other_formats_without_graphviz_writes_the_rest(
+        capsys, tmp_path, monkeypatch):
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **kw: None if name == "dot"
+                        else real_which(name, *a, **kw))
+    code, out, err = run_cli(capsys, "partition", "zoo:mlp", "-k", 2, "-o", tmp_path, "-q",
+                             "--format", "json,svg,html")
+    assert code == 0, err
+    assert err.count("\n") == 1 and "skipping svg" in err and "dot" in err, err
+    assert {p.name for p in tmp_path.iterdir()} == {"partition.json", "partition.html"}
+    # the table's plan names are explained under it
+    assert "plan names:" in out and "equal_flops " in out and "contiguous_dp " in out
+
+
+def test_argument_choices_are_the_library_s():
+    from graphopt.cli import cmd_partition
+    from graphopt.partition.choose import OBJECTIVES
+    from graphopt.partition.search import MODES
+    from graphopt.passes.partition_graph import SPLITS
+    assert cmd_partition.MODES == MODES and cmd_partition.OBJECTIVES == OBJECTIVES
+    assert cmd_partition.SPLITS == SPLITS
+
+
+def test_legend_names_only_the_families_in_the_table():
+    from graphopt.cli.cmd_partition import legend
+    lines = legend(["dp:metis-order[0]+bytes", "equal_flops", "contiguous_dp"])
+    assert [ln.split()[0] for ln in lines] == ["equal_flops", "contiguous_dp", "dp:ORDER"]
+    assert any("metis-order[i]" in ln for ln in lines)
+    assert [ln.split()[0] for ln in legend(["milp:near(metis+repair[1])"])] == ["milp"]
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["-k", "0"], "k must be at least 1"),
+    (["-k", "0"], "expected a positive integer"),
     (["-k", "100000"], "more than the"),
-    (["-k", "2", "--imbalance", "-0.5"], "imbalance must be in"),
+    (["-k", "2", "--imbalance", "-0.5"], "expected a number >= 0"),
     (["-k", "2", "--imbalance", "3"], "imbalance must be in"),
     (["-k", "2", "--format", "pdf"], "--format"),
     (["-k", "2", "--speeds", "1,2,3"], "speeds needs 2"),
@@ -77,11 +109,13 @@ def _giant_factory(tmp_path):
         class M(torch.nn.Module):
             def __init__(self):
                 super().__init__()
-                self.w = torch.nn.Parameter(torch.randn(256, 256))
+                self.w = torch.nn.Parameter(torch.randn(4096, 4096))
             def forward(self, x):
                 return torch.relu(x @ self.w).sum(-1) + 1
         def make():
-            return M(), (torch.randn(1, 256),)   # one row: no cut can split it
+            # One row: no cut can split the matmul, and reading its 64 MiB weight takes longer than
+            # every other op together, so no stage boundary balances the stages' time.
+            return M(), (torch.randn(1, 4096),)
     """))
     return f"{path}:make"
 

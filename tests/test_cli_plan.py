@@ -116,8 +116,9 @@ def test_device_spec_of_another_device_type_is_bad_input(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("flag,value,match", [
-    ("--memory-budgets", "none,1.5", "must lie in (0, 1)"),
-    ("--memory-budgets", "half", "neither none nor a fraction"),
+    ("--memory-budgets", "none,1.5", "--memory-budgets 1.5: a fraction must lie in (0, 1]"),
+    ("--memory-budgets", "half", "--memory-budgets 'half' is neither a fraction"),
+    ("--memory-budgets", "none,256MiB", "the planner takes fractions in (0, 1)"),
     ("--schedules", "1f1b,looped", "unknown 'looped'"),
     ("--memory-per-device", "lots", "--memory-per-device"),
 ])

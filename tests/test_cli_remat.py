@@ -76,3 +76,20 @@ def test_console_script_help_lists_remat():
     out = subprocess.run([sys.executable, "-m", "graphopt", "remat", "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "--budget" in out.stdout and "--train" in out.stdout
+
+
+def test_training_memory_library_and_its_picture(tmp_path):
+    """plan_training_memory (what `remat --train` runs): the held curve it draws peaks where
+    the report's held peak is, under the budget; the baseline's goes over it."""
+    from graphopt import zoo
+    from graphopt.memory.plot import plot_step_memory
+    from graphopt.planner.memory import plan_training_memory
+    model, inputs = zoo.build("resmlp")
+    res = plan_training_memory(model, inputs, 0.5, name="zoo:resmlp")
+    assert res.plan.held.max() == res.report["plan"]["held_peak_bytes"] <= res.budget_bytes
+    assert res.baseline.held.max() > res.budget_bytes
+    assert res.plan.backward_start == res.baseline.backward_start
+    assert len(res.plan.liveness.steps) > len(res.baseline.liveness.steps)  # recomputation
+    path = plot_step_memory({"no recomputation": res.baseline, "plan": res.plan},
+                            tmp_path / "m.png", budget_bytes=res.budget_bytes)
+    assert path.read_bytes()[:4] == b"\x89PNG"

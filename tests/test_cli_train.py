@@ -99,3 +99,52 @@ def test_bad_schedule_options_are_refused(capsys, tmp_path):
     bad.write_text(json.dumps({"schema": "graphopt.partition/1"}))
     code, _, err = run_cli(capsys, "train", RESMLP, "--config", bad, "-q", "-o", tmp_path)
     _one_line_error(code, err, "expected 'graphopt.parallel/1'")
+
+
+def _parallel_json(tmp_path, **extra):
+    path = tmp_path / "parallel.json"
+    doc = {"schema": "graphopt.parallel/1", "candidates": [],
+           "chosen": {"dp": 1, "pp": 2, "schedule": "gpipe", "microbatches": 4,
+                      "memory_budget": None, "micro_batch": 2}, "batch": 8}
+    doc.update(extra)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_a_parallel_config_for_another_model_is_refused(capsys, tmp_path):
+    config = _parallel_json(tmp_path, model="zoo:gpt")
+    code, _, err = run_cli(capsys, "train", RESMLP, "--config", config, "-q", "-o", tmp_path)
+    _one_line_error(code, err, "planned for zoo:gpt")
+
+
+def test_a_parallel_config_fixes_the_batch_it_was_priced_at(capsys, tmp_path):
+    from graphopt.planner.config_file import read_parallel_config
+    config = _parallel_json(tmp_path, model=RESMLP)
+    chosen = read_parallel_config(config, model=RESMLP)
+    assert (chosen.micro_batch, chosen.batch) == (2, 8)
+    code, _, err = run_cli(capsys, "train", RESMLP, "--config", config, "--batch", 16, "-q",
+                           "-o", tmp_path)
+    _one_line_error(code, err, "planned for a batch of 8")
+
+
+def test_a_parallel_config_is_read_into_the_one_configuration_type(tmp_path):
+    """Without --batch the run takes the file's batch; the chosen fields (micro-batch size,
+    wrapper, memory budget) reach the job's ParallelConfig."""
+    from graphopt.cli.cmd_train import _config
+    from graphopt.cli.main import build_parser
+    from graphopt.parallel import MemoryBudget
+    config = _parallel_json(tmp_path, model=RESMLP)
+    doc = json.loads(config.read_text())
+    doc["chosen"].update(dp_wrapper="fsdp", memory_budget=0.5)
+    config.write_text(json.dumps(doc))
+    args = build_parser().parse_args(["train", RESMLP, "--config", str(config), "-q"])
+    cfg, plan = _config(args)
+    assert plan is None and args.batch == 8
+    par = cfg.parallel
+    assert (par.pp, par.dp, par.schedule, par.microbatches, par.microbatch_size) == \
+        (2, 1, "gpipe", 4, 2)
+    assert par.dp_wrapper == "fsdp" and par.memory_budget == MemoryBudget(fraction=0.5)
+    args = build_parser().parse_args(["train", RESMLP, "--config", str(config),
+                                      "--dp-wrapper", "ddp", "-q"])
+    with pytest.raises(Exception, match="--dp-wrapper ddp disagrees"):
+        _config(args)

@@ -3,17 +3,9 @@ import pytest
 import torch
 
 import graphopt
-from graphopt.cost import (
-    DEVICES,
-    LinkSpec,
-    OpClass,
-    get_device,
-    get_link,
-    node_flops,
-    op_class,
-    roofline_seconds,
-    tensor_bytes,
-)
+from graphopt.cost import OpClass, node_flops, op_class, tensor_bytes
+from graphopt.costmodel.device import LinkSpec, roofline_seconds
+from graphopt.costmodel.presets import DEVICES, get_device, get_link
 
 aten = torch.ops.aten
 

@@ -13,8 +13,6 @@ import shutil
 import sys
 from pathlib import Path
 
-from graphopt.device_spec import load_device_spec, save_device_spec
-from graphopt.distributed.calibrate import cache_path, calibrate
 from graphopt.errors import GraphoptError
 from graphopt.progress import Progress
 
@@ -99,6 +97,8 @@ def summary_lines(doc: dict) -> list[str]:
 
 
 def run(args) -> int:
+    from graphopt.costmodel.calibrate import cache_path, calibrate
+    from graphopt.costmodel.device_file import load_device_spec, save_device_spec
     if args.world < 1:
         raise GraphoptError(f"--world must be at least 1, got {args.world}")
     if args.timeout <= 0:

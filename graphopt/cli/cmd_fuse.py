@@ -21,15 +21,11 @@ from graphopt.cli.common import (
 )
 from graphopt.errors import GraphoptError, first_line
 
-ORDER = 40
-
 
 def register(sub) -> None:
-    p = sub.add_parser("fuse", help="fuse memory-bound ops into Triton kernels; write the "
-                       "plan and the kernel sources",
-                       description="Capture MODEL, lower norms/softmax/GELU to pointwise and "
-                       "reduction ops, group them into kernels, and write DIR/fusion.json and "
-                       "DIR/kernels/<kernel>.py (standalone Triton modules).")
+    p = sub.add_parser("fuse", description="Capture MODEL, lower norms/softmax/GELU to "
+                       "pointwise and reduction ops, group them into kernels, and write "
+                       "DIR/fusion.json and DIR/kernels/<kernel>.py (standalone Triton modules).")
     add_model_args(p)
     add_out_arg(p, "fusion.json and kernels/<kernel>.py")
     p.add_argument("--format", choices=["table", "json"], default="table",
@@ -76,10 +72,10 @@ def _print_table(data: dict, directory: str) -> None:
 
 
 def run(args) -> int:
-    from graphopt.pass_lists import FUSION, run_pipeline
-    from graphopt.passes import PassContext
     if args.max_ops < 1:
         raise GraphoptError(f"--max-ops must be at least 1, got {args.max_ops}")
+    from graphopt.pass_lists import FUSION, run_pipeline
+    from graphopt.passes import PassContext
     device = device_from(args)
     try:
         from graphopt.kernels import kernel_sources

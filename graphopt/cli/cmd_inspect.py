@@ -12,7 +12,6 @@ from graphopt.cli.common import (
     print_json,
     progress_from,
 )
-from graphopt.cost import get_device, roofline_seconds
 
 ORDER = 10
 
@@ -33,12 +32,15 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def report(graph, device_name: str, with_nodes: bool = False) -> dict:
-    device = get_device(device_name)
-    est = sum(roofline_seconds(i.flops, i.bytes_read + i.bytes_written, i.op_class,
-                               i.dtype or "float32", device) for i in graph.compute_nodes())
+def report(graph, cost_model, with_nodes: bool = False) -> dict:
+    """The graph's summary, its time estimated by ``cost_model`` (a
+    :class:`~graphopt.costmodel.CostModel`, or a preset key)."""
+    from graphopt.costmodel.target import as_cost_model
+    cm = as_cost_model(cost_model)
+    est = sum(cm.node_seconds(i) for i in graph.compute_nodes())
     data = graph.summary()
-    data["device"] = device.name
+    data["device"] = cm.spec.name
+    data["priced_for"] = cm.describe()
     data["estimated_seconds"] = est
     if with_nodes:
         data["nodes_detail"] = [i.to_dict() for i in graph.nodes()]
@@ -64,7 +66,7 @@ def _print_table(data: dict, top: int) -> None:
             ("parameter bytes", _mib(data["param_bytes"])),
             ("input bytes", _mib(data["input_bytes"])),
             ("activation bytes", _mib(data["activation_bytes"])),
-            (f"roofline time ({data['device']})", f"{data['estimated_seconds'] * 1e3:.3f} ms")]
+            (f"estimated time ({data['priced_for']})", f"{data['estimated_seconds'] * 1e3:.3f} ms")]
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)

@@ -9,6 +9,7 @@ optimal contiguous splits).
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,20 +20,42 @@ from graphopt.cli.common import (
     calibrated_link,
     device_from,
     load_and_capture,
+    non_negative_float,
     output_dir,
+    positive_int,
+    preset_names,
     progress_from,
 )
-from graphopt.cost import LINKS
-from graphopt.errors import GraphoptError, PlanError
-from graphopt.export import to_dot, to_html, to_svg, write_atomic
-from graphopt.partition.search import MODES, OBJECTIVES, check_early
-from graphopt.pass_lists import PARTITION, run_pipeline
-from graphopt.passes import PassContext
-from graphopt.passes.partition_graph import SPLITS
+from graphopt.errors import GraphoptError
 from graphopt.units import parse_bytes
 
-ORDER = 20
 FORMATS = ("json", "dot", "svg", "html")
+# The library's choices (graphopt.partition.search.MODES, partition.choose.OBJECTIVES,
+# passes.partition_graph.SPLITS), written out so that the arguments are checked before torch
+# is imported; tests/test_cli_partition.py keeps them equal.
+MODES = ("pipeline", "cut")
+OBJECTIVES = ("volume", "time")
+SPLITS = ("auto", "off", "rows", "nodes")
+
+# One line per family of plan names the table prints (the search's candidates and baselines):
+# (what the line names, the names it explains: a prefix, or "+x"/"_x" for a part of a name)
+LEGEND = (
+    ("equal_flops", "equal_flops", "stages of equal FLOPs along the graph's order (the "
+     "hand-made split)"),
+    ("contiguous_dp", "contiguous_dp", "the split of the graph's order with the fastest "
+     "slowest stage, bytes ignored"),
+    ("dp:ORDER", "dp:", "a dynamic program that cuts a node order into stages: the fewest "
+     "bytes among splits near the fastest (graph-order: the graph's own order; "
+     "metis-order[i]: the order of METIS cut i; +bytes: the fewest bytes within the balance)"),
+    ("metis[i]", "metis", "METIS k-way cut number i, rebalanced (+repair: then made acyclic, "
+     "stages in order)"),
+    ("milp", "milp", "exact placement by a MILP (HiGHS): of every node, or (near(P)) of the "
+     "nodes near plan P's stage boundaries"),
+    ("+refine", "+refine", "then improved by moving single nodes across stage boundaries"),
+    ("_as_written", "_as_written", "on the model as written, before nodes are cut into "
+     "blocks"),
+    ("single", "single", "one part holds everything (k = 1)"),
+)
 
 
 def parse_floats(text: str) -> list[float]:
@@ -44,17 +67,18 @@ def parse_floats(text: str) -> list[float]:
 
 def add_plan_args(p, *, mode: bool = True) -> None:
     """Options shared by ``partition`` and ``pipeline``."""
+    _, links = preset_names()
     g = p.add_argument_group("partitioning")
     if mode:
         g.add_argument("--mode", choices=MODES, default="pipeline",
                        help="pipeline: acyclic, stages in order (default); cut: any k-way "
                        "placement with the least communication")
-    g.add_argument("--imbalance", type=float, default=0.03,
+    g.add_argument("--imbalance", type=non_negative_float, default=0.03,
                    help="allowed max part FLOPs / (total / k) - 1 (default 0.03)")
-    g.add_argument("--link", choices=sorted(LINKS), default=None,
+    g.add_argument("--link", choices=sorted(links), default=None,
                    help="link model for transfer times (default: the --device-spec's measured "
                    "link, else by device)")
-    g.add_argument("--ncuts", type=int, default=None,
+    g.add_argument("--ncuts", type=positive_int, default=None,
                    help="METIS best-of-N cuts per run (default 4, 1 above 50k nodes)")
     g.add_argument("--memory-cap", default=None, metavar="BYTES",
                    help="memory per device in bytes: an integer, or with a unit, KB/MB/GB "
@@ -81,8 +105,6 @@ def add_plan_args(p, *, mode: bool = True) -> None:
 def plan_options(args, k: int, mode: str) -> dict:
     cap = parse_bytes(args.memory_cap, option="--memory-cap") \
         if args.memory_cap is not None else None
-    if args.ncuts is not None and args.ncuts < 1:
-        raise PlanError(f"--ncuts must be at least 1, got {args.ncuts}")
     speeds = parse_floats(args.speeds) if args.speeds is not None else None
     link = args.link if args.link is not None else calibrated_link(args)
     return {"k": k, "mode": mode, "imbalance": args.imbalance, "link": link,
@@ -93,20 +115,22 @@ def plan_options(args, k: int, mode: str) -> dict:
 
 def make_plan(args, graph, *, k: int, mode: str, device: str):
     """Run the PARTITION pipeline on ``graph``; returns (graph, plan)."""
+    from graphopt.pass_lists import PARTITION, run_pipeline
+    from graphopt.passes import PassContext
     ctx = PassContext(options=plan_options(args, k, mode), seed=args.seed, device=device)
     graph = run_pipeline(graph, PARTITION, ctx)
     return graph, ctx.artifacts["partition"]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("partition", help="split the graph across K devices (METIS + acyclic DP)",
-                       description="Partition MODEL's graph into K parts that balance the FLOPs "
+    p = sub.add_parser("partition", description="Partition MODEL's graph into K parts that balance the FLOPs "
                        "and send as little as possible between devices; in pipeline mode the "
                        "parts are stages that only send forward. Writes DIR/partition.json.")
     add_model_args(p)
-    p.add_argument("-k", "--k", dest="k", type=int, required=True, help="number of parts")
+    p.add_argument("-k", "--k", dest="k", type=positive_int, required=True,
+                   help="number of parts")
     add_plan_args(p)
-    p.add_argument("--microbatches", type=int, default=8,
+    p.add_argument("--microbatches", type=positive_int, default=8,
                    help="micro-batches per step for the pipeline estimate (default 8)")
     add_device_args(p, default="h100", prices="stage times and the default memory cap")
     p.add_argument("--format", default="json,html",
@@ -122,11 +146,30 @@ def _formats(text: str) -> list[str]:
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise GraphoptError(f"--format {text!r}: choose from {', '.join(FORMATS)}")
-    return fmts
+    return list(dict.fromkeys(fmts))
+
+
+_NO_DOT = "Graphviz's `dot` is not on PATH (apt-get install graphviz)"
+
+
+def drawable(fmts: list[str]) -> list[str]:
+    """The formats that can be written here, checked before the capture: SVG needs Graphviz.
+
+    Without ``dot``, an SVG asked for beside other formats is skipped with one line on stderr
+    (the JSON, DOT and HTML are written); asked for alone it is bad input (exit 2)."""
+    if "svg" not in fmts or shutil.which("dot") is not None:
+        return fmts
+    rest = [f for f in fmts if f != "svg"]
+    if not rest:
+        raise GraphoptError(f"--format svg: {_NO_DOT}; --format dot,html work without it")
+    print(f"graphopt: skipping svg: {_NO_DOT}; writing {', '.join(rest)}", file=sys.stderr)
+    return rest
 
 
 def write_outputs(graph, plan, out: Path, fmts: list[str], show_params: bool) -> list[Path]:
-    """partition.json and the pictures, each written atomically."""
+    """partition.json and the pictures, each written atomically; the SVG last, so that a
+    Graphviz failure (too large a graph) costs only the SVG when other formats were asked."""
+    from graphopt.export import to_dot, to_html, to_svg, write_atomic
     written = [write_atomic(out / "partition.json", plan.to_json())] if "json" in fmts else []
     if not {"dot", "svg", "html"} & set(fmts):
         return written
@@ -139,13 +182,30 @@ def write_outputs(graph, plan, out: Path, fmts: list[str], show_params: bool) ->
     dot = to_dot(graph, show_params=show_params, title=title, part_labels=labels)
     if "dot" in fmts:
         written.append(write_atomic(out / "partition.dot", dot))
-    if "svg" in fmts:  # asked for: a missing Graphviz is an error the user can fix
-        written.append(write_atomic(out / "partition.svg", to_svg(graph, dot)))
     if "html" in fmts:  # draws itself in the browser: no Graphviz needed
         page = to_html(graph, title=f"graphopt partition {plan.model}", subtitle=title,
                        rows=plan.rows(), show_params=show_params, part_labels=labels)
         written.append(write_atomic(out / "partition.html", page))
+    if "svg" in fmts:
+        try:
+            svg = to_svg(graph, dot)
+        except GraphoptError as exc:
+            if fmts == ["svg"]:
+                raise
+            print(f"graphopt: skipping svg: {exc}", file=sys.stderr)
+        else:
+            written.append(write_atomic(out / "partition.svg", svg))
     return written
+
+
+def legend(names) -> list[str]:
+    """One line for each family of plan names among ``names`` (the rows of the table)."""
+    def used(key: str) -> bool:
+        if key[0] in "+_":
+            return any(key in n for n in names)
+        return any(n.startswith(key) for n in names)
+    width = max(len(label) for label, _, _ in LEGEND)
+    return [f"  {label:<{width}}  {text}" for label, key, text in LEGEND if used(key)]
 
 
 def print_table(plan, file=None) -> None:
@@ -159,7 +219,7 @@ def print_table(plan, file=None) -> None:
     est = plan.estimate(m)
     t = Table(title=f"graphopt partition {plan.model}: k={plan.k}, {plan.mode} mode")
     for col in ("plan", "comm bytes", "imbalance", "acyclic", "slowest stage",
-                f"step ({est['microbatches']} mb)"):
+                f"step, {est['microbatches']} micro-batches"):
         t.add_column(col, justify="right" if col != "plan" else "left")
     slots = est["microbatches"] + plan.k - 1
     t.add_row(f"graphopt ({plan.method})", f"{s['comm_bytes']:,}", f"{s['imbalance']:.2%}",
@@ -170,6 +230,10 @@ def print_table(plan, file=None) -> None:
                   f"{b['bottleneck_seconds'] * 1e6:,.1f} us",
                   f"{b['bottleneck_seconds'] * slots * 1e6:,.1f} us")
     console.print(t)
+    lines = legend([plan.method, *plan.baselines])
+    if lines:
+        console.print("plan names:\n" + "\n".join(lines), style="dim", highlight=False,
+                      markup=False)
     console.print(f"parts: FLOPs {[f'{x / 1e9:.3g}G' for x in s['part_flops']]}, parameters "
                   f"{[f'{x / 2**20:.1f}MiB' for x in s['part_param_bytes']]}; bubble "
                   f"{est['bubble_fraction']:.0%}; partitioned in {plan.seconds:.3f} s")
@@ -178,11 +242,11 @@ def print_table(plan, file=None) -> None:
 
 
 def run(args) -> int:
-    fmts = _formats(args.format)
+    # what needs no model first, before torch is imported: formats, Graphviz, option values
+    fmts = drawable(_formats(args.format))
+    plan_options(args, args.k, args.mode)
+    from graphopt.partition.search import check_early
     check_early(args.k, args.imbalance)
-    plan_options(args, args.k, args.mode)  # option values a user can fix, before the capture
-    if args.microbatches < 1:
-        raise PlanError(f"--microbatches must be at least 1, got {args.microbatches}")
     device = device_from(args)
     progress = progress_from(args)
     with output_dir(args.out) as out:

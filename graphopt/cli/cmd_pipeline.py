@@ -13,9 +13,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
-import torch.utils._pytree as pytree
-
 from graphopt.cli.cmd_partition import add_plan_args, make_plan, plan_options
 from graphopt.cli.common import (
     add_device_args,
@@ -23,15 +20,23 @@ from graphopt.cli.common import (
     device_from,
     load_and_capture,
     positive_int,
+    preset_note,
     progress_from,
 )
-from graphopt.distributed.stage_runtime import run_pipeline
 from graphopt.errors import GraphoptError, PlanError
-from graphopt.partition.cut_rewrite import cut_like
-from graphopt.partition.plan import Partition
-from graphopt.partition.search import check_early
 
 ORDER = 25
+
+
+def pipeline_estimate(graph, plan, microbatches: int, cost_model):
+    """The forward-only step of ``plan`` on ``microbatches`` micro-batches, as
+    :func:`graphopt.costmodel.step.predict_step` prices it (GPipe order, one stage a process)."""
+    from graphopt.costmodel.stage_profile import stage_profile
+    from graphopt.costmodel.step import predict_step
+    from graphopt.parallel import ParallelConfig
+    config = ParallelConfig(pp=plan.k, schedule="gpipe", microbatches=microbatches)
+    return predict_step(stage_profile(graph, plan.parts, plan.k, cost_model), config, cost_model,
+                        forward_only=True)
 
 
 def register(sub) -> None:
@@ -59,8 +64,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _like(t, gen: torch.Generator):
+def _like(t, gen):
     """A fresh input drawn like the example tensor ``t`` (same shape, dtype, value range)."""
+    import torch
     if not isinstance(t, torch.Tensor):
         return t
     if t.dtype.is_floating_point:
@@ -73,6 +79,8 @@ def _like(t, gen: torch.Generator):
 
 
 def microbatches(loaded, m: int, seed: int) -> list[tuple]:
+    import torch
+    import torch.utils._pytree as pytree
     flat = pytree.tree_leaves((loaded.inputs, loaded.kwargs or {}))
     gen = torch.Generator().manual_seed(seed + 1)
     return [tuple(flat)] + [tuple(_like(t, gen) for t in flat) for _ in range(m - 1)]
@@ -80,6 +88,7 @@ def microbatches(loaded, m: int, seed: int) -> list[tuple]:
 
 def compare(got: list[tuple], want: list[tuple]) -> tuple[float, float, bool]:
     """(max abs error, max relative error, any NaN where the reference has none)."""
+    import torch
     abs_err, rel_err, nan = 0.0, 0.0, False
     for g_mb, w_mb in zip(got, want):
         for g, w in zip(g_mb, w_mb):
@@ -99,6 +108,8 @@ def compare(got: list[tuple], want: list[tuple]) -> tuple[float, float, bool]:
 
 def _reference(loaded, graph, mbs: list[tuple]) -> tuple[list[tuple], str]:
     """The eager model's flat outputs (the graph's, when the leaves do not line up)."""
+    import torch
+    import torch.utils._pytree as pytree
     n_args = len(pytree.tree_leaves(loaded.inputs))
     out = []
     with torch.no_grad():
@@ -115,6 +126,12 @@ def _reference(loaded, graph, mbs: list[tuple]) -> tuple[list[tuple], str]:
 
 
 def run(args) -> int:
+    import torch
+
+    from graphopt.distributed.stage_runtime import run_pipeline
+    from graphopt.partition.cut_rewrite import cut_like
+    from graphopt.partition.plan import Partition
+    from graphopt.partition.search import check_early
     if args.microbatches < 1:
         raise GraphoptError(f"--microbatches must be at least 1, got {args.microbatches}")
     if not (math.isfinite(args.rtol) and args.rtol >= 0):
@@ -144,8 +161,8 @@ def run(args) -> int:
         wall = time.perf_counter() - start
     batch = int(mbs[0][0].shape[0]) if mbs[0] and isinstance(mbs[0][0], torch.Tensor) and \
         mbs[0][0].dim() else 1
-    est = plan.estimate()
-    est_step = est["bottleneck_seconds"] * (args.microbatches + plan.k - 1)
+    pred = pipeline_estimate(graph, plan, args.microbatches, device)
+    est_step = pred.step_seconds
     print(f"pipeline: {plan.k} stages on {result.world_size} processes ({result.backend}), "
           f"{args.microbatches} micro-batches of batch {batch}; plan {plan.method}, "
           f"{plan.summary()['comm_bytes']:,} bytes sent per micro-batch")
@@ -153,12 +170,13 @@ def run(args) -> int:
           f"{result.microbatches_per_second:.2f} micro-batches/s "
           f"({result.microbatches_per_second * batch:.2f} samples/s); {wall:.1f} s with start-up")
     rate = args.microbatches / est_step if est_step > 0 else math.inf
-    where = f"{plan.options.get('device', device)}, " \
-        f"{plan.options.get('link_name', plan.options.get('link', 'link'))}"
-    print(f"estimated ({where}): {est_step * 1e3:.3f} ms for the step, {rate:.2f} "
-          f"micro-batches/s; bubble {est['bubble_fraction']:.0%}; measured/estimated time "
+    print(f"estimated ({pred.target}): {est_step * 1e3:.3f} ms for the step, {rate:.2f} "
+          f"micro-batches/s; bubble {pred.bubble:.0%}; measured/estimated time "
           f"{result.seconds / est_step:.2f}x" if est_step > 0 else
           "estimated: no compute in the plan")
+    note = preset_note(args)
+    if note:
+        print(note)
     if not args.check:
         return 0
     with progress.step("running the single-process reference"):

@@ -1,15 +1,15 @@
 """``graphopt plan MODEL --devices N``: rank every data x pipeline configuration that fits.
 
 Enumerates ``dp x pp = N`` with every schedule, micro-batch count and memory budget the runtime
-can run (:mod:`graphopt.distributed.planner`), predicts each step on the device spec with the
+can run (:mod:`graphopt.planner.predict`), predicts each step on the device spec with the
 step simulator, drops those that do not fit ``--memory-per-device``, prints them fastest first
 and writes ``DIR/parallel.json`` (schema ``graphopt.parallel/1``; ``graphopt train --config``
 trains its ``chosen`` configuration). ``--measure`` trains the ``--measure-top`` best on this
 host and prints measured beside predicted, with the Spearman rank correlation. ``--what-if``
 adds the parameter-server vs all-reduce comparison and the scaling curve over N
-(:mod:`graphopt.distributed.whatif`), as tables, in ``parallel.json`` and as pictures. With a
+(:mod:`graphopt.planner.sync_tables`), as tables, in ``parallel.json`` and as pictures. With a
 ``--device-spec`` the training engine's own costs are measured once per machine and N on a
-probe (:mod:`graphopt.distributed.plan_engine`) and added to every prediction.
+probe (:mod:`graphopt.planner.engine`) and added to every prediction.
 """
 from __future__ import annotations
 
@@ -22,21 +22,24 @@ from graphopt.cli.common import (
     add_device_args,
     add_model_args,
     add_out_arg,
-    calibrated_link,
     device_from,
     json_safe,
     output_dir,
     positive_int,
     progress_from,
 )
-from graphopt.cost import LINKS
+from graphopt.costmodel.presets import LINKS
 from graphopt.errors import GraphoptError
+from graphopt.parallel import MemoryBudget
+from graphopt.schedules import SCHEDULES
 
 ORDER = 28
 
 
+DEFAULT_SCHEDULES = ("gpipe", "1f1b", "interleaved")   # graphopt.planner.predict's
+
+
 def register(sub) -> None:
-    from graphopt.distributed.planner import DEFAULT_SCHEDULES
     p = sub.add_parser("plan", help="rank every data/pipeline-parallel configuration of N "
                        "devices that fits (writes parallel.json)",
                        description="Enumerate every dp x pp = N configuration (schedule, "
@@ -57,8 +60,9 @@ def register(sub) -> None:
     g.add_argument("--max-microbatches", type=positive_int, default=16, metavar="M",
                    help="most micro-batches per step to consider (default 16)")
     g.add_argument("--memory-budgets", default="none,0.5", metavar="LIST",
-                   help="remat budgets to consider: none (save every activation) and fractions "
-                   "in (0, 1) of the saved activations (default none,0.5)")
+                   help="memory budgets to consider: none (save every activation) and fractions "
+                   "in (0, 1) of the saved activations, written with a decimal point "
+                   "(default none,0.5)")
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
                    help="optimizer whose state is counted (default sgd, as graphopt train)")
     g.add_argument("--imbalance", type=float, default=0.03,
@@ -103,29 +107,25 @@ def _list(text: str, what: str) -> list[str]:
 
 
 def parse_budgets(text: str) -> tuple:
-    """``none,0.5`` -> ``(None, 0.5)``; each fraction in (0, 1)."""
+    """``none,0.5`` -> ``(None, MemoryBudget(fraction=0.5))``: each read by
+    :meth:`~graphopt.parallel.MemoryBudget.parse`; the planner takes fractions below 1 (the
+    remat saving is a ratio applied to every stage; 1 saves what none saves)."""
     out = []
     for item in _list(text, "memory-budgets"):
-        if item.lower() == "none":
-            out.append(None)
-            continue
-        try:
-            value = float(item)
-        except ValueError:
-            raise GraphoptError(f"--memory-budgets: {item!r} is neither none nor a fraction") from None
-        if not 0.0 < value < 1.0:
-            raise GraphoptError(f"--memory-budgets: {item} must lie in (0, 1) (1 is none)")
-        out.append(value)
+        budget = MemoryBudget.optional(item, option="--memory-budgets")
+        if budget is not None and not (budget.is_fraction and budget.fraction < 1.0):
+            raise GraphoptError(f"--memory-budgets {item}: the planner takes fractions in (0, 1) "
+                                "of the saved activations, e.g. 0.5 (none saves them all)")
+        out.append(budget)
     return tuple(dict.fromkeys(out))
 
 
 def _options(args) -> dict:
-    from graphopt.distributed.planner import SCHEDULE_CHOICES
     schedules = _list(args.schedules, "schedules")
-    bad = [s for s in schedules if s not in SCHEDULE_CHOICES]
+    bad = [s for s in schedules if s not in SCHEDULES]
     if bad:
         raise GraphoptError(f"--schedules: unknown {bad[0]!r}; choose from "
-                            f"{', '.join(SCHEDULE_CHOICES)}")
+                            f"{', '.join(SCHEDULES)}")
     for name in ("imbalance", "timeout"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
@@ -141,78 +141,39 @@ def _options(args) -> dict:
         args.memory_budgets), "max_microbatches": args.max_microbatches, "cap": cap}
 
 
-def _scaling(devices: int) -> set[int]:
-    from graphopt.distributed.plan_whatif import scaling_ns
-    return set(scaling_ns(devices))
-
-
-def _device_doc(costs) -> dict:
-    from graphopt.distributed.planner import links_of
-    p2p, ring = links_of(costs)
-    return {"key": costs.device, "name": costs.spec.name, "p2p_link": {
-        "name": p2p.name, "alpha_s": p2p.alpha, "beta_s_per_byte": 1.0 / p2p.beta},
-        "allreduce_link": {"name": ring.name, "alpha_s": ring.alpha,
-                           "beta_s_per_byte": 1.0 / ring.beta}}
-
-
 def run(args) -> int:
-    from graphopt.distributed.plan_model import ModelCosts
-    from graphopt.distributed.planner import plan_parallel, to_document
     from graphopt.export import write_atomic
+    from graphopt.planner.measure import MeasureError
+    from graphopt.planner.session import plan_session
     from graphopt.specs import load_spec, parse_overrides
     opts = _options(args)
-    device = device_from(args)
-    link = args.link if args.link is not None else calibrated_link(args)
+    cost_model = device_from(args)
     progress = progress_from(args)
     with output_dir(args.out) as out:
         with progress.step(f"loading {args.model}"):
             loaded = load_spec(args.model, overrides=parse_overrides(args.overrides),
                                batch=args.batch, seq=args.seq, image_size=args.image_size,
                                seed=args.seed)
-        with progress.step(f"capturing {args.model}'s training step"):
-            costs = ModelCosts(loaded, device, link=link, optimizer=args.optimizer,
-                               seed=args.seed, imbalance=args.imbalance,
-                               capture_mode=args.capture,
-                               time_steps=None if args.step_timing else False)
-        mode = args.engine_overhead or ("auto" if args.device_spec else "off")
-        if mode != "off":
-            from graphopt.distributed.plan_engine import engine_overhead
-            for n in sorted({args.devices} | (_scaling(args.devices) if args.what_if else set())):
-                with progress.step(f"the engine's own costs on {n} processes ({mode})"):
-                    eng = engine_overhead(n, device, refresh=mode == "measure", link=link)
-                if eng is not None:
-                    costs.engines[n] = eng
-        with progress.step(f"pricing the configurations of {args.devices} devices"):
-            result = plan_parallel(costs, args.devices, opts["cap"], schedules=opts["schedules"],
-                                   max_microbatches=opts["max_microbatches"],
-                                   budgets=opts["budgets"])
-        extra: dict = {"optimizer": args.optimizer, "seed": args.seed,
-                       "engine_overhead": {str(n): e.to_dict() for n, e in costs.engines.items()}}
-        if args.measure:
-            from graphopt.distributed.plan_measure import MeasureError, measure, rank_agreement
-            top = [c for c in result.ranked if c.config.memory_budget is None][:args.measure_top]
-            try:
-                with progress.step(f"training the best {len(top)} on this host"):
-                    measure(costs, top, steps=args.steps, timeout_s=args.timeout)
-            except MeasureError as exc:      # the runtime failed, not the input: exit 1
-                print(f"graphopt: error: {exc}", file=sys.stderr)
-                return 1
-            extra["measured"] = rank_agreement(top)
-        written = []
-        if args.what_if:
-            from graphopt.distributed.plan_whatif import what_if
-            kwargs = {"schedules": opts["schedules"], "budgets": opts["budgets"],
-                      "max_microbatches": opts["max_microbatches"]}
-            with progress.step("what-if: gradient sync and scaling over N"):
-                extra["what_if"], written = what_if(
-                    costs, result, out, measure=args.measure, steps=args.steps,
-                    timeout_s=args.timeout, cap=opts["cap"], plan_kwargs=kwargs)
-        doc = to_document(result, model=args.model, device=_device_doc(costs), extra=extra)
+        try:
+            session = plan_session(
+                loaded, cost_model, args.devices, model=args.model,
+                memory_per_device=opts["cap"], schedules=opts["schedules"],
+                budgets=opts["budgets"], max_microbatches=opts["max_microbatches"],
+                optimizer=args.optimizer, seed=args.seed, imbalance=args.imbalance,
+                capture_mode=args.capture, step_timing=args.step_timing,
+                engine=args.engine_overhead or ("auto" if args.device_spec else "off"),
+                measure_top=args.measure_top if args.measure else 0, steps=args.steps,
+                timeout_s=args.timeout, what_if_dir=out if args.what_if else None,
+                progress=progress)
+        except MeasureError as exc:      # the runtime failed, not the input: exit 1
+            print(f"graphopt: error: {exc}", file=sys.stderr)
+            return 1
+        doc = session.document
         path = write_atomic(out / "parallel.json", json.dumps(json_safe(doc), indent=1) + "\n")
-    print_report(result, doc, args.top)
+    print_report(session.result, doc, args.top)
     if args.what_if:
         print_what_if(doc["what_if"])
-    for p in [path, *written]:
+    for p in [path, *session.written]:
         print(f"wrote {p}")
     return 0
 
@@ -238,7 +199,8 @@ def print_report(result, doc: dict, top: int, file=None) -> None:
     console = Console(file=stream, soft_wrap=True, width=None if stream.isatty() else 140)
     measured = any(c.measured_step_seconds for c in result.ranked)
     t = Table(title=f"graphopt plan {doc['model']}: {result.devices} devices, batch "
-              f"{result.batch}, {_size(result.memory_per_device)} per device")
+              f"{result.batch}, {_size(result.memory_per_device)} per device; priced for "
+              f"{doc['device'].get('priced_for', doc['device'].get('name'))}")
     cols = ["#", "dp", "pp", "schedule", "M", "budget", "micro", "predicted ms", "bubble",
             "all-reduce ms", "memory/device"]
     if measured:
@@ -248,8 +210,8 @@ def print_report(result, doc: dict, top: int, file=None) -> None:
     for i, c in enumerate(result.ranked[:top]):
         cfg, d = c.config, c.detail
         row = [str(i), str(cfg.dp), str(cfg.pp), cfg.schedule, str(cfg.microbatches),
-               "-" if cfg.memory_budget is None else f"{cfg.memory_budget:g}",
-               str(d["micro_batch"]), _ms(c.predicted_step_seconds), f"{d['bubble']:.0%}",
+               "-" if cfg.memory_budget is None else str(cfg.memory_budget),
+               str(cfg.microbatch_size), _ms(c.predicted_step_seconds), f"{d['bubble']:.0%}",
                _ms(d["allreduce_seconds"]), _size(c.memory_per_device_bytes)]
         if measured:
             m = c.measured_step_seconds

@@ -13,42 +13,31 @@ import math
 import sys
 from pathlib import Path
 
-import torch.utils._pytree as pytree
-
-from graphopt import units
 from graphopt.cli.common import (
     add_device_args,
     add_model_args,
     add_out_arg,
-    capture_loaded,
     device_from,
     load_and_capture,
+    load_model,
     output_dir,
     print_json,
     progress_from,
 )
 from graphopt.errors import GraphoptError
-from graphopt.export import write_atomic
-from graphopt.memory.arena import plan_arena
-from graphopt.memory.liveness import analyze
-from graphopt.memory.plot import plot_live_memory
-from graphopt.memory.remat.build import forward_region
-from graphopt.memory.remat.problem import resolve_budget
-from graphopt.memory.report import dumps, memory_report
-from graphopt.pass_lists import TRAINING_JOINT, run_pipeline
-from graphopt.passes import PassContext
+from graphopt.parallel import MemoryBudget
 
-ORDER = 40
+PLOTS = ("png", "svg", "none")
 
 
 def parse_budget(text: str) -> float | int:
-    """``0.5`` -> fraction 0.5; ``123456`` -> bytes; ``512MiB``/``2GB`` -> bytes (see units)."""
-    return units.parse_budget(text, option="--budget")
+    """``0.5`` -> fraction 0.5; ``123456`` -> bytes; ``512MiB``/``2GB`` -> bytes: the plain
+    value of :meth:`graphopt.parallel.MemoryBudget.parse` (what memory.json records)."""
+    return MemoryBudget.parse(text, option="--budget").value
 
 
 def register(sub) -> None:
-    p = sub.add_parser("remat", help="memory plan: liveness, arena, remat under a budget",
-                       description="Plan MODEL's memory. With --train: the training step's "
+    p = sub.add_parser("remat", description="Plan MODEL's memory. With --train: the training step's "
                        "activations are saved or recomputed so that what the backward pass "
                        "holds fits --budget; writes DIR/memory.json and a plot of live memory.")
     add_model_args(p)
@@ -74,49 +63,32 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _backward_start(graph) -> int:
-    forward = forward_region(graph.gm)
-    nodes = list(graph.fx_nodes())
-    return next((i for i, n in enumerate(nodes) if n.op == "call_function"
-                 and n.name not in forward), len(nodes))
+def _plan_train(args, budget, cost_model, progress):
+    """The training step's plan (:func:`graphopt.planner.memory.plan_training_memory`)."""
+    from graphopt.memory.plot import plot_step_memory
+    from graphopt.planner.memory import plan_training_memory
+    loaded = load_model(args, progress)
+    res = plan_training_memory(loaded.model, loaded.inputs, budget, kwargs=loaded.kwargs,
+                               solver=args.solver, time_limit=args.time_limit,
+                               cost_model=cost_model,
+                               seed=args.seed, capture_mode=args.capture, name=args.model,
+                               progress=progress)
+
+    def plot(path: Path) -> Path:
+        return plot_step_memory({"no recomputation": res.baseline,
+                                 f"plan under budget {args.budget}": res.plan}, path,
+                                title=f"{args.model}: training step",
+                                budget_bytes=res.budget_bytes,
+                                budget_label="budget (bounds what is held for backward)")
+    return res.report, plot
 
 
-def _plan_train(args, budget, device, progress):
-    from graphopt.memory.joint import capture_joint
-    notes = []
-    loaded, graph = load_and_capture(args, progress, train=True)
-    flat = pytree.tree_leaves((loaded.inputs, loaded.kwargs or {}))
-    with progress.step("tracing the training step"):
-        try:
-            joint = capture_joint(graph, flat)
-        except GraphoptError as exc:
-            # Train-mode state updates (batch-norm running statistics) are in-place writes
-            # aot_autograd cannot differentiate through once exported; plan the eval-mode step.
-            loaded.model.eval()
-            graph = capture_loaded(args, loaded, progress)
-            joint = capture_joint(graph, flat)
-            notes.append(f"planned the step with the model in eval mode: in train mode "
-                         f"{str(exc).split(': ', 1)[-1][:160]}")
-    before = analyze(joint.graph)
-    start_before = _backward_start(joint.graph)
-    ctx = PassContext(options={"memory_budget": budget, "num_fwd_outputs": joint.num_fwd_outputs,
-                               "remat_solver": args.solver, "remat_time_limit": args.time_limit,
-                               "remat_device": device}, seed=args.seed, device=device)
-    with progress.step(f"planning under budget {args.budget}"):
-        planned = run_pipeline(joint.graph, TRAINING_JOINT, ctx)
-    plan = ctx.artifacts["memory"]
-    data = memory_report(model=args.model, train=True, baseline=before, plan=plan.liveness,
-                         arena=plan.arena, total_flops=planned.total_flops,
-                         remat=ctx.artifacts.get("remat"), budget=budget)
-    data["notes"].extend(notes)
-    if "remat" not in ctx.artifacts:
-        data["notes"].append("no activation is saved for the backward pass: nothing to plan")
-    curves = {"no remat": before, f"budget {args.budget}": plan.liveness}
-    bounds = {"no remat": start_before, f"budget {args.budget}": _backward_start(planned)}
-    return data, curves, bounds
-
-
-def _plan_inference(args, budget, device, progress):
+def _plan_inference(args, budget, cost_model, progress):
+    from graphopt.memory.arena import plan_arena
+    from graphopt.memory.liveness import analyze
+    from graphopt.memory.plot import plot_live_memory
+    from graphopt.memory.remat.problem import resolve_budget
+    from graphopt.memory.report import memory_report
     _, graph = load_and_capture(args, progress)
     lv = analyze(graph)
     arena = plan_arena(lv.buffers)
@@ -128,32 +100,35 @@ def _plan_inference(args, budget, device, progress):
                          "(use --train to plan a training step)")
     if data["budget_bytes"] < lv.peak:
         data["notes"].append(f"the forward peak ({lv.peak:,} bytes) is above the budget")
-    return data, {"forward": lv}, {}
+
+    def plot(path: Path) -> Path:
+        return plot_live_memory({"forward": lv}, path, title=f"{args.model}: forward pass",
+                                hlines={"budget": data["budget_bytes"]})
+    return data, plot
 
 
 def run(args) -> int:
     progress = progress_from(args)
     budget = parse_budget(args.budget)
     formats = [f.strip() for f in args.plot.split(",") if f.strip()]
-    bad = [f for f in formats if f not in ("png", "svg", "none")]
+    bad = [f for f in formats if f not in PLOTS]
     if bad:
         raise GraphoptError(f"--plot {args.plot}: unknown format(s) {', '.join(bad)}; "
                             "use png, svg or none")
     if not (math.isfinite(args.time_limit) and args.time_limit > 0):
         raise GraphoptError(f"--time-limit must be a positive number of seconds, got "
                             f"{args.time_limit:g}")
-    device = device_from(args)
+    cost_model = device_from(args)
+    from graphopt.export import write_atomic
+    from graphopt.memory.report import dumps
     with output_dir(args.out) as out:
-        data, curves, bounds = (_plan_train if args.train else _plan_inference)(
-            args, budget, device, progress)
+        data, plot = (_plan_train if args.train else _plan_inference)(
+            args, budget, cost_model, progress)
         written = [write_atomic(out / "memory.json", dumps(data))]
         for fmt in formats:
-            if fmt == "none":
-                continue
-            title = f"{args.model}: {'training step' if args.train else 'forward pass'}"
-            with progress.step(f"plotting memory.{fmt}"):
-                written.append(plot_live_memory(curves, out / f"memory.{fmt}", title=title,
-                                                boundaries=bounds))
+            if fmt != "none":
+                with progress.step(f"plotting memory.{fmt}"):
+                    written.append(plot(out / f"memory.{fmt}"))
     if args.format == "json":
         print_json(data)
     else:

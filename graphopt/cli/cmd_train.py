@@ -27,19 +27,21 @@ from graphopt.cli.common import (
     json_safe,
     output_dir,
     positive_int,
+    preset_note,
     progress_from,
 )
-from graphopt.cost import LINKS
+from graphopt.costmodel.presets import LINKS
 from graphopt.errors import GraphoptError, PlanError
+from graphopt.parallel import DP_WRAPPERS
 from graphopt.progress import Progress
+from graphopt.schedules import SCHEDULES
 
 ORDER = 27
-_CONFIG_SCHEMA = "graphopt.parallel/1"
+# the runtime's choices (graphopt.distributed.job checks them again), here without torch
+LOWERINGS, OPTIMIZERS = ("relay", "direct"), ("sgd", "adamw")
 
 
 def register(sub) -> None:
-    from graphopt.distributed.job import DP_WRAPPERS, LOWERINGS, OPTIMIZERS
-    from graphopt.distributed.schedule import SCHEDULES
     p = sub.add_parser("train", help="train the pipeline plan on P x D processes "
                        "(torch.distributed.pipelining + DDP/FSDP2)",
                        description="Partition MODEL's training step into pipeline stages, train "
@@ -58,7 +60,7 @@ def register(sub) -> None:
                    help="stages per rank for --schedule interleaved (default 2)")
     g.add_argument("--microbatches", type=positive_int, default=None,
                    help="micro-batches per step and dp rank (default 4)")
-    g.add_argument("--dp-wrapper", choices=DP_WRAPPERS, default="ddp", help="how each stage is "
+    g.add_argument("--dp-wrapper", choices=DP_WRAPPERS, default=None, help="how each stage is "
                    "replicated over dp: ddp (default: one all-reduce per step, whole weights "
                    "per rank) or fsdp (FSDP2: weights sharded, gathered per micro-batch)")
     g.add_argument("--lowering", choices=LOWERINGS, default="relay", help="relay (default: "
@@ -92,36 +94,8 @@ def register(sub) -> None:
                    help="intra-op threads per process (default: cores / processes)")
     add_device_args(p, default="cpu", prices="stages for the partition and the estimate")
     add_out_arg(p, "train.json, train_timeline.svg and train_trace.json")
-    p.set_defaults(func=run)
-
-
-def read_config(path: str) -> dict:
-    """The ``chosen`` configuration of a ``graphopt.parallel/1`` file, checked."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise PlanError(f"--config {path}: cannot read it: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"--config {path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict) or data.get("schema") != _CONFIG_SCHEMA:
-        got = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise PlanError(f"--config {path}: schema is {got!r}, expected {_CONFIG_SCHEMA!r}")
-    chosen = data.get("chosen")
-    if not isinstance(chosen, dict):
-        raise PlanError(f"--config {path}: no 'chosen' configuration (graphopt plan found none "
-                        "that fits?)")
-    for key in ("dp", "pp", "microbatches"):
-        v = chosen.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise PlanError(f"--config {path}: chosen {key} must be a positive integer, got {v!r}")
-    from graphopt.distributed.schedule import SCHEDULES
-    if chosen.get("schedule") not in SCHEDULES:
-        raise PlanError(f"--config {path}: chosen schedule {chosen.get('schedule')!r} is not one "
-                        f"of {', '.join(SCHEDULES)}")
-    budget = chosen.get("memory_budget")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
-        raise PlanError(f"--config {path}: memory_budget must be null or a number, got {budget!r}")
-    return chosen
+    # unset unless given, so that --config's batch is taken rather than refused (default 1)
+    p.set_defaults(func=run, batch=None)
 
 
 def _merge(args, key: str, value, default):
@@ -136,13 +110,20 @@ def _merge(args, key: str, value, default):
 
 
 def _config(args):
+    """The run's :class:`TrainConfig`, its plan (``--plan``) or None, from the flags and the
+    ``--config`` file's chosen :class:`~graphopt.parallel.ParallelConfig` (they must agree)."""
     from graphopt.distributed.job import TrainConfig
-    from graphopt.distributed.schedule import stages_per_rank
-    chosen = read_config(args.config) if args.config else {}
+    from graphopt.planner.config_file import read_parallel_config
+    from graphopt.schedules import stages_per_rank
     if args.plan and args.config:
         raise PlanError("give --plan or --config, not both")
+    chosen = read_parallel_config(args.config, model=args.model, batch=args.batch) \
+        if args.config else {}
+    if args.batch is None:     # the batch the configuration was priced at, else --batch's 1
+        args.batch = chosen.batch if chosen and chosen.batch is not None else 1
     schedule = _merge(args, "schedule", chosen.get("schedule"), "1f1b")
-    v = stages_per_rank(schedule, args.stages_per_rank)
+    v = stages_per_rank(schedule, _merge(args, "stages_per_rank", chosen.get("stages_per_rank"),
+                                         None))
     pp = _merge(args, "pp", chosen.get("pp"), None)
     plan = None
     if args.plan:
@@ -160,25 +141,26 @@ def _config(args):
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             raise GraphoptError(f"--{name} must be a positive number, got {value:g}")
-    cfg = TrainConfig(pp=pp, dp=_merge(args, "dp", chosen.get("dp"), 1), schedule=schedule,
-                      microbatches=_merge(args, "microbatches", chosen.get("microbatches"), 4),
-                      steps=args.steps, optimizer=args.optimizer, lr=args.lr,
-                      momentum=args.momentum, dp_wrapper=args.dp_wrapper, virtual=v,
-                      seed=args.seed, timeout_s=args.timeout, lowering=args.lowering)
-    cfg.validate()
-    return cfg, plan, chosen.get("memory_budget")
+    cfg = TrainConfig.of(pp=pp, dp=_merge(args, "dp", chosen.get("dp"), 1), schedule=schedule,
+                         microbatches=_merge(args, "microbatches", chosen.get("microbatches"), 4),
+                         microbatch_size=chosen.get("microbatch_size"),
+                         memory_budget=chosen.get("memory_budget"),
+                         steps=args.steps, optimizer=args.optimizer, lr=args.lr,
+                         momentum=args.momentum, virtual=v,
+                         dp_wrapper=_merge(args, "dp_wrapper", chosen.get("dp_wrapper"), "ddp"),
+                         seed=args.seed, timeout_s=args.timeout, lowering=args.lowering)
+    return cfg, plan
 
 
 def run(args) -> int:
-    from graphopt.distributed.launch import WorkerError, rank_threads, under_torchrun
-    from graphopt.distributed.schedule import check_schedule
-    from graphopt.distributed.train_cost import estimate_step
-    from graphopt.distributed.trainer import make_job, prepare_model, run_job
+    from graphopt.distributed.trainer import run_job
+    from graphopt.launch import WorkerError, rank_threads, under_torchrun
+    from graphopt.planner.training import estimate_step, make_job, prepare_model
     from graphopt.specs import load_spec, parse_overrides
-    cfg, plan, budget = _config(args)
-    check_schedule(cfg.schedule, cfg.pp, cfg.virtual, cfg.microbatches)
+    cfg, plan = _config(args)
+    cfg.parallel.check_runnable()
     cap = units.parse_bytes(args.memory_cap, option="--memory-cap") if args.memory_cap else None
-    device = device_from(args)
+    cost_model = device_from(args)
     rank0 = not under_torchrun() or os.environ.get("RANK", "0") == "0"
     progress = progress_from(args) if rank0 else Progress(False)
     with output_dir(args.out) as out:
@@ -189,13 +171,9 @@ def run(args) -> int:
         with progress.step(f"capturing {args.model} at the micro-batch size"):
             prep = prepare_model(loaded, cfg, capture_mode=args.capture)
         with progress.step(f"planning {cfg.stages} stages"):
-            job, info = make_job(prep, cfg, plan=plan, memory_cap=cap, device=device,
-                                 link=args.link, imbalance=args.imbalance)
-        estimate = estimate_step(info.plan, job.lowered, prep.graph, schedule=cfg.schedule,
-                                 pp=cfg.pp, v=cfg.virtual, microbatches=cfg.microbatches,
-                                 dp=cfg.dp, device=device, link=args.link,
-                                 placement=job.placement, optimizer=cfg.optimizer,
-                                 momentum=cfg.momentum, prepared=prep,
+            job, info = make_job(prep, cfg, plan=plan, memory_cap=cap, cost_model=cost_model,
+                                 imbalance=args.imbalance)
+        estimate = estimate_step(info.plan, prep, cfg, cost_model,
                                  threads=args.threads or rank_threads(cfg.world_size))
         try:
             with progress.step(f"training on {cfg.world_size} processes"):
@@ -212,23 +190,26 @@ def run(args) -> int:
                 ref = reference_training(job, model=prep.model, in_spec=prep.in_spec,
                                          graph=prep.graph)
             check = compare_runs(trained.losses, trained.params, ref, rtol=args.rtol)
-        return _report(args, out, job, info, trained, estimate, check, budget)
+        return _report(args, out, job, info, trained, estimate, check)
 
 
-def _report(args, out: Path, job, info, trained, estimate, check, budget) -> int:
+def _report(args, out: Path, job, info, trained, estimate, check) -> int:
     from graphopt.distributed.timeline import write_chrome_trace, write_timeline_picture
     from graphopt.distributed.trainer import train_report
     from graphopt.export import write_atomic
     cfg = job.config
+    budget = cfg.parallel.memory_budget
     doc = train_report(job, info, trained, estimate, check)
-    doc["memory_budget"] = budget
+    doc["memory_budget"] = None if budget is None else budget.value
     write_atomic(out / "train.json", json.dumps(json_safe(doc), indent=1, default=_plain) + "\n")
     step = trained.step_seconds[trained.timed_step]
     title = (f"{job.model}: pp {cfg.pp} x dp {cfg.dp}, {cfg.schedule}, {cfg.microbatches} "
              f"micro-batches; step {trained.timed_step}: {step * 1e3:.1f} ms, measured bubble "
              f"{doc['measured']['bubble']:.0%}")
-    pic = write_timeline_picture(out / "train_timeline.svg", trained.events, step, title=title)
-    trace = write_chrome_trace(out / "train_trace.json", trained.events, step, title=title)
+    pic = write_timeline_picture(out / "train_timeline.svg", trained.events, step, title=title,
+                                 positions=trained.positions)
+    trace = write_chrome_trace(out / "train_trace.json", trained.events, step, title=title,
+                               positions=trained.positions)
     for row in doc["steps"]:
         print(f"step {row['step']}: loss {row['loss']:.6g}, {row['seconds'] * 1e3:.1f} ms")
     m, e = doc["measured"], doc["estimated"]
@@ -242,12 +223,12 @@ def _report(args, out: Path, job, info, trained, estimate, check, budget) -> int
     timed = estimate.get("timed_step_factors")
     scaled = (f"; stages scaled by the model's timed step x{timed['forward']:.2f} forward, "
               f"x{timed['backward']:.2f} backward" if timed else "")
-    print(f"estimated ({estimate['method'].rsplit('.', 1)[-1]}, {estimate['device']}{scaled}): "
+    print(f"estimated ({estimate['priced_for']}{scaled}): "
           f"{e['step_seconds'] * 1e3:.3f} ms per step, bubble {e['bubble']:.0%}; "
           f"measured/estimated {ratio:.2f}x")
-    if getattr(args, "device_spec", None) is None:
-        print(f"note: the estimate prices the {estimate['device']!r} preset; `graphopt "
-              "calibrate` measures this machine, and --device-spec FILE uses it")
+    note = preset_note(args)
+    if note:
+        print(note)
     if budget is not None:
         print(f"note: the configuration's memory_budget {budget} is recorded; training here "
               "does not rematerialize activations")
@@ -260,8 +241,6 @@ def _report(args, out: Path, job, info, trained, estimate, check, budget) -> int
           f"{check['max_param_rel_err']:.3g} ({check['worst_param']}), tolerance "
           f"{check['rtol']:g}: {'match' if check['ok'] else 'MISMATCH'}")
     return 0 if check["ok"] else 1
-
-
 
 
 def _plain(x):

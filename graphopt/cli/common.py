@@ -10,27 +10,40 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from graphopt.capture import MODES, capture
-from graphopt.cost import DEVICES, LINKS, DeviceSpec
 from graphopt.errors import GraphoptError, OutputError, SpecError, first_line
-from graphopt.graph import Graph
 from graphopt.progress import Progress
-from graphopt.specs import LoadedModel, load_spec, parse_overrides
+
+if TYPE_CHECKING:  # the CLI's top imports nothing heavy; these are imported where they run
+    from graphopt.costmodel.device import DeviceSpec
+    from graphopt.graph import Graph
+    from graphopt.specs import LoadedModel
 
 __all__ = ["add_model_args", "add_out_arg", "add_device_args", "device_from", "calibrated_link",
-           "load_and_capture", "capture_loaded", "output_dir", "progress_from", "print_json",
-           "positive_int", "non_negative_int", "DEFAULT_OUT"]
+           "load_model", "load_and_capture", "capture_loaded", "output_dir", "progress_from", "print_json",
+           "positive_int", "non_negative_int", "non_negative_float", "preset_names",
+           "CAPTURE_MODES", "DEFAULT_OUT"]
 
 DEFAULT_OUT = "out"
-_BUILTIN_DEVICES = frozenset(DEVICES)
-_BUILTIN_LINKS = frozenset(LINKS)
+# graphopt.capture.MODES, written out so that --capture's choices need no torch (a test keeps
+# the two equal)
+CAPTURE_MODES = ("auto", "export", "dynamo", "symbolic_trace")
+
+
+@functools.cache
+def preset_names() -> tuple[frozenset, frozenset]:
+    """The shipped device and link preset names (torch-free: argparse choices are built from
+    them), read before any calibrated spec is registered beside them."""
+    from graphopt.costmodel.presets import DEVICES, LINKS
+    return frozenset(DEVICES), frozenset(LINKS)
 
 
 def positive_int(text: str) -> int:
@@ -41,6 +54,17 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0 (a seed, a row count)."""
     return _int_at_least(text, 0, "an integer >= 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a tolerance, a fraction)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
 
 
 def _int_at_least(text: str, low: int, what: str) -> int:
@@ -70,7 +94,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    "config's, else 224)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, inputs "
                    "and any randomized algorithm (default 0)")
-    g.add_argument("--capture", choices=MODES, default="auto", help="capture mode (default auto: "
+    g.add_argument("--capture", choices=CAPTURE_MODES, default="auto", help="capture mode (default auto: "
                    "torch.export, then TorchDynamo, then symbolic_trace)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr (default: "
                    "progress when stderr is a terminal)")
@@ -89,8 +113,9 @@ def add_out_arg(p: argparse.ArgumentParser, writes: str) -> None:
 
 def add_device_args(p: argparse.ArgumentParser, *, default: str, prices: str) -> None:
     """``--device NAME`` (a shipped preset) and ``--device-spec FILE`` (a calibrated one)."""
+    devices, _ = preset_names()
     g = p.add_argument_group("device cost model")
-    g.add_argument("--device", choices=sorted(_BUILTIN_DEVICES), default=default,
+    g.add_argument("--device", choices=sorted(devices), default=default,
                    help=f"device preset whose roofline prices {prices} (default {default})")
     g.add_argument("--device-spec", default=None, metavar="FILE",
                    help="a device.json measured by `graphopt calibrate` (schema "
@@ -98,49 +123,51 @@ def add_device_args(p: argparse.ArgumentParser, *, default: str, prices: str) ->
                    "measured p2p link unless --link is given)")
 
 
-def device_from(args) -> str:
-    """The device name the cost model should use: ``--device``, or the ``--device-spec`` file.
+def device_from(args):
+    """The cost model every estimate of the command uses, as a value: the ``--device`` preset,
+    or the ``--device-spec`` file (with its measured links), over ``--link`` when the command
+    has one. Read once per command. Nothing is registered in the preset tables.
 
-    Passes, plans and ``partition.json`` name a device by its key in :data:`graphopt.cost.DEVICES`
-    (and a link by its key in :data:`graphopt.cost.LINKS`), so a calibrated spec is registered
-    there under its own name, never over a shipped preset, and that key is returned. Its
-    measured p2p link, when it has one, is registered under the same key (see
-    :func:`calibrated_link`).
+    Returns:
+        a :class:`graphopt.costmodel.CostModel`; ``.describe()`` names what it prices for.
     """
+    cached = getattr(args, "_cost_model", None)
+    if cached is not None:
+        return cached
+    from graphopt.costmodel.target import CostModel, Target
+    link = getattr(args, "link", None)
     path = getattr(args, "device_spec", None)
     if path is None:
-        return args.device
-    if getattr(args, "_device_key", None) is not None:  # read once per command
-        return args._device_key
-    spec = _load_device_spec(path)
-    key = (spec.name or Path(path).stem).strip().lower()
-    if key in _BUILTIN_DEVICES or key in _BUILTIN_LINKS:
-        key = f"{key} ({Path(path).name})".lower()  # get_device looks names up in lower case
-    DEVICES[key] = spec
-    if getattr(spec, "p2p_link", None) is not None:
-        LINKS[key] = spec.p2p_link
-    args._device_key = key
-    return key
+        target = Target.preset(args.device, link)
+    else:
+        spec = _load_device_spec(path)
+        key = (spec.name or Path(path).stem).strip().lower()   # what documents record
+        target = Target.from_spec(spec, key=key, link=link)
+    args._cost_model = CostModel(target)
+    return args._cost_model
 
 
-def calibrated_link(args) -> str | None:
-    """The link key of ``--device-spec``'s measured p2p link; None without one (or the file)."""
-    if getattr(args, "device_spec", None) is None:
+def calibrated_link(args) -> None:
+    """Kept for callers that pass a link key beside the device: the cost model from
+    :func:`device_from` already carries ``--device-spec``'s measured link, so none is added."""
+    return None
+
+
+def preset_note(args) -> str | None:
+    """One line where a run on this host (CPU ranks) is priced with a preset: the estimate is
+    then a datasheet's, and ``graphopt calibrate`` measures this machine. None otherwise."""
+    if getattr(args, "device_spec", None) is not None:
         return None
-    key = device_from(args)
-    return key if key in LINKS and key not in _BUILTIN_LINKS else None
+    cm = device_from(args)
+    return (f"note: the estimate prices {cm.describe()} for a run on this host; `graphopt "
+            "calibrate` measures this machine, and --device-spec FILE uses it")
 
 
 def _load_device_spec(path: str) -> DeviceSpec:
+    from graphopt.costmodel.device import DeviceSpec
     if not Path(path).is_file():
         raise SpecError(f"--device-spec {path}: no such file (make one with graphopt calibrate)")
-    try:
-        from graphopt.device_spec import load_device_spec
-    except ModuleNotFoundError as exc:
-        if exc.name != "graphopt.device_spec":
-            raise
-        raise SpecError("--device-spec needs graphopt.device_spec, which this installation "
-                        "lacks") from None
+    from graphopt.costmodel.device_file import load_device_spec
     try:
         spec = load_device_spec(path)
     except GraphoptError as exc:
@@ -159,9 +186,19 @@ def progress_from(args) -> Progress:
 
 def capture_loaded(args, loaded: LoadedModel, progress: Progress) -> Graph:
     """Capture an already loaded model the way ``--capture`` asks."""
+    from graphopt.capture import capture
     with progress.step(f"capturing {args.model}"):
         return capture(loaded.model, loaded.inputs, loaded.kwargs or None, mode=args.capture,
                        name=args.model)
+
+
+def load_model(args, progress: Progress | None = None) -> LoadedModel:
+    """Load ``args.model`` with the model-building options (``--set``, ``--batch``, ...)."""
+    from graphopt.specs import load_spec, parse_overrides
+    progress = progress or progress_from(args)
+    with progress.step(f"loading {args.model}"):
+        return load_spec(args.model, overrides=parse_overrides(args.overrides), batch=args.batch,
+                         seq=args.seq, image_size=args.image_size, seed=args.seed)
 
 
 def load_and_capture(args, progress: Progress | None = None, *,
@@ -176,9 +213,7 @@ def load_and_capture(args, progress: Progress | None = None, *,
         captured :class:`~graphopt.graph.Graph`.
     """
     progress = progress or progress_from(args)
-    with progress.step(f"loading {args.model}"):
-        loaded = load_spec(args.model, overrides=parse_overrides(args.overrides), batch=args.batch,
-                           seq=args.seq, image_size=args.image_size, seed=args.seed)
+    loaded = load_model(args, progress)
     if train:
         loaded.model.train()
     return loaded, capture_loaded(args, loaded, progress)

@@ -2,18 +2,40 @@
 
 Exit codes: 0 success, 2 bad input (one line on stderr, never a traceback), 1 internal error
 (with traceback). Usage errors argparse finds are held to the same one-line shape.
+
+Start-up is kept light: this module and :mod:`graphopt.cli.common` import nothing heavy (no
+torch, numpy, networkx or transformers), the commands are known here by name, and only the
+module of the command being run is imported. ``graphopt --help`` and ``--version`` import no
+command module; ``graphopt CMD ...`` imports ``cmd_CMD``, whose top defines the arguments and
+whose ``run`` imports the library, so argument errors and the checks that need no model come
+before torch is imported.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 import sys
 import traceback
 
 from graphopt.errors import GraphoptError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+# name -> (module under graphopt.cli, the line `graphopt --help` shows), in the order it lists them
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("cmd_inspect", "nodes, FLOPs, parameter and activation bytes, op mix"),
+    "partition": ("cmd_partition", "split the graph across K devices (METIS + acyclic DP)"),
+    "pipeline": ("cmd_pipeline", "run the pipeline plan on K processes (torch.distributed)"),
+    "train": ("cmd_train", "train the pipeline plan on P x D processes "
+              "(torch.distributed.pipelining + DDP/FSDP2)"),
+    "plan": ("cmd_plan", "rank every data/pipeline-parallel configuration of N devices that "
+             "fits (writes parallel.json)"),
+    "fuse": ("cmd_fuse", "fuse memory-bound ops into Triton kernels; write the plan and the "
+             "kernel sources"),
+    "remat": ("cmd_remat", "memory plan: liveness, arena, remat under a budget"),
+    "calibrate": ("cmd_calibrate", "measure this machine (compute, bandwidth, overhead, links) "
+                  "into device.json"),
+}
 
 EPILOG = """model specs:
   path/to/file.py:factory   factory() returns (model, example_inputs)
@@ -32,13 +54,6 @@ exit codes: 0 success, 1 internal error, 2 bad input
 """
 
 
-def _command_modules():
-    import graphopt.cli as pkg
-    names = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("cmd_"))
-    mods = [importlib.import_module(f"graphopt.cli.{n}") for n in names]
-    return sorted(mods, key=lambda m: getattr(m, "ORDER", 100))
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's error shape: one line on stderr, exit code 2, no usage dump."""
 
@@ -46,7 +61,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"graphopt: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Commands:
+    """The subparsers as a command module's ``register`` sees them: the summary is COMMANDS'."""
+
+    def __init__(self, action):
+        self._action = action
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs["help"] = COMMANDS[name][1]
+        return self._action.add_parser(name, **kwargs)
+
+
+def build_parser(only: str | None = "*") -> argparse.ArgumentParser:
+    """The argument parser; ``only`` names the one command whose module is imported.
+
+    ``"*"`` (the default) imports every command module (tests walk the whole tree); ``None``
+    imports none, which is enough for ``--help``, ``--version`` and an unknown command.
+    """
     from graphopt import __version__
     parser = _Parser(
         prog="graphopt", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -55,13 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "ops into Triton kernels, and plan its memory.")
     parser.add_argument("--version", action="version", version=f"graphopt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in _command_modules():
-        module.register(sub)
+    commands = _Commands(sub)
+    for name, (module, summary) in COMMANDS.items():
+        if only in ("*", name):
+            importlib.import_module(f"graphopt.cli.{module}").register(commands)
+        else:  # listed by --help; its module is imported only when it runs
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The command ``argv`` runs: its first word that is not an option (the top level takes
+    only --help and --version, neither with a value); None when there is none or it is unknown."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = build_parser(only=_command_of(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already reported

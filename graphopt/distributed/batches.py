@@ -16,6 +16,7 @@ dimension of the global batch size.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,19 @@ __all__ = ["BatchSpec", "Loss", "add_labels", "make_loss", "make_target", "slice
 
 _COPY_LABELS = ("LMHeadModel", "ForCausalLM", "ForMaskedLM")
 _CLASS_LABELS = ("ForImageClassification", "ForSequenceClassification")
+
+
+class _DefaultLossNotice(logging.Filter):
+    """Drops transformers' "`loss_type=None` was set in the config but it is unrecognized"
+    notice: a class whose name maps to no loss type (``GPT2LMHeadModel``) falls back to the
+    causal-LM loss, the one graphopt gives it labels for; every process (each ``torchrun`` rank)
+    printed it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("`loss_type=")
+
+
+_LOSS_NOTICE = _DefaultLossNotice()
 
 
 def add_labels(spec: str, model: torch.nn.Module, inputs: tuple, kwargs: dict) -> dict:
@@ -43,6 +57,7 @@ def add_labels(spec: str, model: torch.nn.Module, inputs: tuple, kwargs: dict) -
     name = type(model).__name__
     if name.endswith(_COPY_LABELS) and not inputs[0].dtype.is_floating_point:
         kwargs["labels"] = inputs[0].clone()
+        logging.getLogger("transformers.modeling_utils").addFilter(_LOSS_NOTICE)   # a no-op when there
     elif name.endswith(_CLASS_LABELS):
         classes = int(getattr(model.config, "num_labels", 2))
         gen = torch.Generator().manual_seed(1234)

@@ -28,6 +28,7 @@ import operator
 
 import torch
 import torch.fx
+from torch.distributed.pipelining._utils import PipeInfo
 
 from graphopt.distributed.lowering import Lowered, StageProgram
 from graphopt.errors import GraphoptError, PlanError
@@ -181,7 +182,6 @@ def _outer_graph(roots, slots, incoming, results: int) -> torch.fx.Graph:
 
 def pipe_info(lowered: Lowered):
     """The ``PipeInfo`` every stage of a direct lowering is built with."""
-    from torch.distributed.pipelining._utils import PipeInfo
     if lowered.lowering != "direct":
         raise GraphoptError("pipe_info needs a direct lowering")
     o = lowered.outer

@@ -30,11 +30,13 @@ import torch
 import torch.fx
 from torch import nn
 
+from graphopt.autodiff import _NO_GRAD_OPS, _differentiable, requires_grad_map
 from graphopt.errors import PlanError
 from graphopt.partition.stages import Stages, value_layout, value_specs
 
 __all__ = ["StageProgram", "Lowered", "lower", "RelayStage", "relay_bytes", "tied_parameters",
-           "flatten_value", "rebuild_value", "requires_grad_map"]
+           "flatten_value", "rebuild_value", "requires_grad_map", "gradient_sources",
+           "unused_parameters"]
 
 
 @dataclass
@@ -123,39 +125,6 @@ def rebuild_value(layout, it):
     return tuple(rebuild_value(x, it) for x in layout)
 
 
-_NO_GRAD_OPS = ("detach", "argmax", "argmin", "zeros_like", "ones_like", "empty_like")
-
-
-def _differentiable(val) -> bool:
-    if isinstance(val, torch.Tensor):
-        return val.dtype.is_floating_point or val.dtype.is_complex
-    if isinstance(val, (tuple, list)):
-        return any(_differentiable(v) for v in val)
-    return False
-
-
-def requires_grad_map(graph) -> dict[str, bool]:
-    """Which values carry a gradient: floating values computed, through differentiable ops,
-    from a trainable parameter. The engine is told the same flags statically, so both sides of a
-    boundary agree on which tensors get a gradient sent back."""
-    out: dict[str, bool] = {}
-    gm = graph.gm
-    for node in graph.fx_nodes():
-        val = node.meta.get("val")
-        if node.op == "get_attr":
-            obj = gm
-            for atom in str(node.target).split("."):
-                obj = getattr(obj, atom, None)
-            out[node.name] = isinstance(obj, torch.Tensor) and obj.requires_grad
-        elif node.op == "placeholder" or not _differentiable(val):
-            out[node.name] = False
-        elif node.op == "call_function" and any(w in str(node.target) for w in _NO_GRAD_OPS):
-            out[node.name] = False
-        else:
-            out[node.name] = any(out.get(a.name, False) for a in node.all_input_nodes)
-    return out
-
-
 def _roots(stages: Stages, graph, example) -> tuple[list[str], dict[str, object]]:
     """The root inputs' names in order and their (fake or example) values."""
     if graph is not None:
@@ -242,6 +211,89 @@ def lower(stages: Stages, graph=None, *, example=None) -> Lowered:
     slots = [next(it) if kind == "value" else None for kind, _ in stages.results]
     consts = [None if kind == "value" else v for kind, v in stages.results]
     return Lowered(programs=programs, result_slots=slots, result_consts=consts, root_inputs=roots)
+
+
+def _carries_grad(node) -> bool | None:
+    """Whether ``node``'s value can carry a gradient (None: its value was not recorded), by
+    the rule of :func:`graphopt.autodiff.requires_grad_map`."""
+    val = node.meta.get("val")
+    if val is None:
+        return None
+    if node.op == "call_function" and any(w in str(node.target) for w in _NO_GRAD_OPS):
+        return False
+    return _differentiable(val)
+
+
+def gradient_sources(program: StageProgram) -> dict[str, frozenset[tuple[str, str]]] | None:
+    """Each value leaving ``program`` -> where its gradient flows back to in the stage:
+    ``("param", target)`` for a trainable weight, ``("in", name)`` for a value it received.
+    ``None`` where a value's metadata is missing (nothing can be said)."""
+    gm = program.module
+    reach: dict[str, frozenset] = {}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            reach[node.name] = frozenset([("in", node.name)]) \
+                if program.grad.get(node.name, False) else frozenset()
+        elif node.op == "get_attr":
+            obj = gm
+            for atom in str(node.target).split("."):
+                obj = getattr(obj, atom, None)
+            trainable = isinstance(obj, torch.Tensor) and obj.requires_grad
+            reach[node.name] = frozenset([("param", str(node.target))]) if trainable \
+                else frozenset()
+        elif node.op != "output":
+            carries = _carries_grad(node)
+            if carries is None:
+                return None
+            reach[node.name] = frozenset().union(
+                *(reach.get(a.name, frozenset()) for a in node.all_input_nodes)) \
+                if carries else frozenset()
+    out = {}
+    for name in program.carry_out:
+        if name in reach:
+            out[name] = reach[name]
+        else:                       # relayed through untouched
+            out[name] = frozenset([("in", name)]) if program.grad.get(name, False) \
+                else frozenset()
+    return out
+
+
+def unused_parameters(lowered: Lowered, loss_outputs: list[int]) -> dict[int, set[str] | None]:
+    """Stage -> its trainable weights (``get_attr`` targets) that no gradient reaches when the
+    backward starts from the last stage's flat outputs ``loss_outputs``; ``None`` for a stage
+    where that cannot be worked out (take it that some are unused).
+
+    Walks the stages from last to first, following each needed output back to the weights and
+    received values it depends on; a received value is then needed from its producer.
+    """
+    needed: set[str] = set()
+    last = lowered.programs[-1]
+    flat = [name for name in last.carry_out for _ in last.specs[name]]
+    needed.update(flat[i] for i in loss_outputs)
+    out: dict[int, set[str] | None] = {}
+    unknown = False
+    for prog in reversed(lowered.programs):
+        sources = None if unknown else gradient_sources(prog)
+        trainable = {str(n.target) for n in prog.module.graph.nodes if n.op == "get_attr"
+                     and any(p.requires_grad for p in _attr(prog.module, str(n.target)))}
+        if sources is None:         # the gradient paths through this stage are not known
+            unknown = True
+            out[prog.index] = None
+            continue
+        used = set()
+        for name in prog.carry_out:
+            if name in needed:
+                for kind, what in sources[name]:
+                    (used.add if kind == "param" else needed.add)(what)
+        out[prog.index] = trainable - used
+    return out
+
+
+def _attr(module: nn.Module, target: str) -> list[torch.Tensor]:
+    obj = module
+    for atom in target.split("."):
+        obj = getattr(obj, atom, None)
+    return [obj] if isinstance(obj, torch.Tensor) else []
 
 
 def _restride(t: torch.Tensor, stride: tuple) -> torch.Tensor:

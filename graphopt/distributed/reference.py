@@ -22,6 +22,7 @@ import torch.utils._pytree as pytree
 
 from graphopt.distributed.job import TrainJob, make_optimizer
 from graphopt.distributed.lowering import RelayStage, lower
+from graphopt.partition.stages import split_graph
 
 __all__ = ["Reference", "reference_training", "compare_runs", "PARAM_FLOOR"]
 
@@ -70,7 +71,6 @@ def reference_training(job: TrainJob, *, model=None, in_spec=None, graph=None) -
         module = copy.deepcopy(model)
         run = _eager_runner(module, in_spec, job)
     if run is None:
-        from graphopt.partition.stages import split_graph
         if graph is None:
             raise ValueError("the reference needs the eager model or the captured graph")
         one = lower(split_graph(graph, {n: 0 for n in graph.info}, 1), graph)

@@ -8,7 +8,7 @@ Guarantees: the outputs of every micro-batch, exactly as the stages compute them
 The same lowering as training (:mod:`graphopt.distributed.lowering`): one manual
 ``PipelineStage`` per rank over a :class:`~graphopt.distributed.lowering.RelayStage`, static
 tensor metadata, ``ScheduleGPipe`` without a loss (forward only) under ``no_grad``. One warm-up
-step runs before the timed one. Processes start through :func:`graphopt.distributed.launch.run_workers`,
+step runs before the timed one. Processes start through :func:`graphopt.launch.run_workers`,
 so a failing rank stops the others and is named in one line.
 
 What the engine does differently from the home-made runtime it replaces: a value a stage sends
@@ -25,10 +25,12 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
-from graphopt.distributed.launch import default_backend, free_port, run_workers
 from graphopt.distributed.lowering import Lowered, RelayStage, lower, rebuild_value
 from graphopt.errors import GraphoptError
+from graphopt.launch import default_backend, free_port, run_workers
 from graphopt.partition.stages import Stages
 
 __all__ = ["PipelineRun", "run_pipeline", "free_port"]
@@ -49,8 +51,6 @@ class PipelineRun:
 
 
 def _infer_worker(rank: int, world: int, lowered: Lowered, batch: tuple, m: int) -> dict:
-    import torch.distributed as dist
-    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
     cuda = dist.get_backend() == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     prog = lowered.programs[rank]

@@ -5,6 +5,9 @@ the step's start (see :mod:`graphopt.distributed.trace`). Each rank gets a row: 
 backward bars labelled ``F3``/``B3`` (micro-batch 3), the tied-weight gradient sum (``sync``)
 and the optimizer step; sends and receive waits on a thinner band below, and the time the rank
 computes nothing drawn as idle, so the pipeline's bubble is what you see between the bars.
+Rows are named by the rank's mesh position where it is given (``positions``: rank ->
+``(pipeline rank, data-parallel rank)``, :attr:`TrainRun.positions
+<graphopt.distributed.trainer.TrainRun.positions>`): ``rank 3 (pipeline 1, data 1)``.
 
 The trace is the JSON ``traceEvents`` format (complete ``"X"`` events in microseconds): one
 process per rank, a ``compute`` and a ``comm`` thread each, idle gaps as their own slices.
@@ -14,9 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
 from graphopt.distributed.trace import COMPUTE_KINDS
 
-__all__ = ["chrome_trace", "write_chrome_trace", "write_timeline_picture", "idle_gaps"]
+__all__ = ["chrome_trace", "write_chrome_trace", "write_timeline_picture", "idle_gaps",
+           "rank_label"]
 
 COLORS = {"forward": "#4c78a8", "backward": "#f58518", "backward-input": "#f58518",
           "backward-weight": "#b279a2", "send": "#54a24b", "recv": "#e45756",
@@ -38,12 +45,21 @@ def idle_gaps(events: list, end: float) -> list[tuple[float, float]]:
     return gaps
 
 
-def chrome_trace(events_by_rank: dict[int, list], step_seconds: float, *, title: str = "") -> dict:
+def rank_label(rank: int, positions: dict[int, tuple[int, int]] | None = None) -> str:
+    """``rank 3 (pipeline 1, data 1)``; ``rank 3`` where the position is not known."""
+    if positions and rank in positions:
+        p, d = positions[rank]
+        return f"rank {rank} (pipeline {p}, data {d})"
+    return f"rank {rank}"
+
+
+def chrome_trace(events_by_rank: dict[int, list], step_seconds: float, *, title: str = "",
+                 positions: dict[int, tuple[int, int]] | None = None) -> dict:
     """The trace document (see the module docstring)."""
     out = []
     for rank, events in sorted(events_by_rank.items()):
         out.append({"name": "process_name", "ph": "M", "pid": rank,
-                    "args": {"name": f"rank {rank}"}})
+                    "args": {"name": rank_label(rank, positions)}})
         out.append({"name": "thread_name", "ph": "M", "pid": rank, "tid": 0,
                     "args": {"name": "compute"}})
         out.append({"name": "thread_name", "ph": "M", "pid": rank, "tid": 1,
@@ -61,23 +77,23 @@ def chrome_trace(events_by_rank: dict[int, list], step_seconds: float, *, title:
 
 
 def write_chrome_trace(path: Path, events_by_rank: dict[int, list], step_seconds: float, *,
-                       title: str = "") -> Path:
+                       title: str = "", positions: dict[int, tuple[int, int]] | None = None
+                       ) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(chrome_trace(events_by_rank, step_seconds, title=title)))
+    path.write_text(json.dumps(chrome_trace(events_by_rank, step_seconds, title=title,
+                                            positions=positions)))
     return path
 
 
 def write_timeline_picture(path: Path, events_by_rank: dict[int, list], step_seconds: float, *,
-                           title: str = "") -> Path:
+                           title: str = "", positions: dict[int, tuple[int, int]] | None = None
+                           ) -> Path:
     """An SVG (or PNG, by the suffix) with one row per rank (see the module docstring)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
     ranks = sorted(events_by_rank)
-    fig, ax = plt.subplots(figsize=(11, 0.8 + 0.7 * len(ranks)))
+    # A bare Figure draws without pyplot: no global backend switch, no figure registry.
+    fig = Figure(figsize=(11, 0.8 + 0.7 * len(ranks)))
+    ax = fig.subplots()
     scale = 1e3   # milliseconds
     for row, rank in enumerate(ranks):
         y = len(ranks) - 1 - row
@@ -95,7 +111,7 @@ def write_timeline_picture(path: Path, events_by_rank: dict[int, list], step_sec
                 ax.text((t0 + t1) / 2 * scale, y - 0.1, f"{_LETTER[kind]}{mb}", ha="center",
                         va="center", fontsize=6, color="white")
     ax.set_yticks(range(len(ranks)))
-    ax.set_yticklabels([f"rank {r}" for r in reversed(ranks)])
+    ax.set_yticklabels([rank_label(r, positions) for r in reversed(ranks)])
     ax.set_xlabel("milliseconds from the start of the step")
     ax.set_xlim(0, step_seconds * scale * 1.01)
     ax.set_title(title, fontsize=9)
@@ -108,5 +124,4 @@ def write_timeline_picture(path: Path, events_by_rank: dict[int, list], step_sec
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -20,6 +20,7 @@ import signal
 import time
 
 import torch.distributed as dist
+from torch.distributed.pipelining import schedules as sch
 
 __all__ = ["Recorder", "COMPUTE_KINDS"]
 
@@ -119,7 +120,6 @@ def _install() -> None:
     global _INSTALLED
     if _INSTALLED:
         return
-    from torch.distributed.pipelining import schedules as sch
     batch, wait = sch._batch_p2p, sch._wait_batch_p2p
 
     def timed_batch(ops, desc=None):

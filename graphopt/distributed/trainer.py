@@ -1,56 +1,38 @@
-"""Train a captured model on a pipeline plan: prepare the job, run it, report it.
+"""Run a training job on a pipeline plan and report it.
 
-The steps ``graphopt train`` takes, usable from Python:
+The job is prepared and planned above the runtime (:mod:`graphopt.planner.training`:
+``prepare_model``, ``make_job``); here:
 
-1. :func:`prepare_model`: add the labels a model's own loss needs, check the batch splits into
-   ``dp * M`` equal micro-batches, capture the graph at the micro-batch size (shapes are static
-   on the engine);
-2. :func:`make_job`: plan (or take a plan), split into stages, lower them
-   (:mod:`graphopt.distributed.lowering`), check every rank's memory before any process starts;
 3. :func:`run_job`: launch ``pp * dp`` processes (or join ``torchrun``) running
    :func:`graphopt.distributed.worker.train_worker`, and gather a :class:`TrainRun`;
 4. :func:`train_report`: the ``graphopt.train/1`` document.
 
 Example:
     >>> loaded = load_spec("zoo:resmlp")
-    >>> cfg = TrainConfig(pp=2, schedule="1f1b", microbatches=4, steps=2)
-    >>> prep = prepare_model(loaded, cfg)
+    >>> cfg = TrainConfig.of(pp=2, schedule="1f1b", microbatches=4, steps=2)
+    >>> prep = prepare_model(loaded, cfg)          # graphopt.planner.training
     >>> job, info = make_job(prep, cfg)
     >>> run = run_job(job)
     >>> run.losses, run.step_seconds
 """
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import dataclass, field
 
 import torch
-import torch.utils._pytree as pytree
 
-from graphopt.capture import capture
-from graphopt.distributed.batches import BatchSpec, add_labels, make_loss, make_target
 from graphopt.distributed.job import TrainConfig, TrainJob
-from graphopt.distributed.lowering import lower, relay_bytes, tied_parameters
-from graphopt.distributed.schedule import check_schedule, inflight, placement
-from graphopt.distributed.train_cost import check_memory, plan_training, stage_memory
-from graphopt.errors import GraphoptError, PlanError
+from graphopt.distributed.trace import COMPUTE_KINDS
+from graphopt.distributed.worker import train_jobs_worker, train_worker
+from graphopt.errors import GraphoptError
+from graphopt.launch import join_torchrun, run_workers, under_torchrun
 
-__all__ = ["Prepared", "JobInfo", "TrainRun", "prepare_model", "make_job", "run_job", "run_jobs",
-           "train_report", "measured_bubble", "SCHEMA"]
+__all__ = ["JobInfo", "TrainRun", "run_job", "run_jobs", "train_report", "measured_bubble",
+           "SCHEMA"]
 
 SCHEMA = "graphopt.train/1"
-
-
-@dataclass
-class Prepared:
-    """A model ready to plan: the graph at micro-batch size and the data of every step."""
-
-    spec: str
-    model: torch.nn.Module
-    graph: object
-    batches: BatchSpec
-    in_spec: object
-    micro: int
 
 
 @dataclass
@@ -78,97 +60,14 @@ class TrainRun:
     ranks: list[dict] = field(default_factory=list)
 
     @property
+    def positions(self) -> dict[int, tuple[int, int]]:
+        """rank -> ``(pipeline rank, data-parallel rank)``: what the timeline's rows are named by."""
+        return {r["rank"]: (r["pp_rank"], r["dp_rank"]) for r in self.ranks}
+
+    @property
     def median_step_seconds(self) -> float:
         later = self.step_seconds[1:] or self.step_seconds
         return float(statistics.median(later))
-
-
-def prepare_model(loaded, cfg: TrainConfig, *, capture_mode: str = "auto") -> Prepared:
-    """Labels, batch checks and the capture at micro-batch size (see the module docstring)."""
-    kwargs = add_labels(loaded.spec, loaded.model, loaded.inputs, loaded.kwargs)
-    batches = BatchSpec.from_inputs(loaded.inputs, kwargs, cfg.seed)
-    batch = batches.batch
-    per = cfg.microbatches * cfg.dp
-    bad = [i for i, t in enumerate(batches.example) if int(t.shape[0]) != batch]
-    if bad:
-        raise GraphoptError(f"input {bad[0]} has batch {int(batches.example[bad[0]].shape[0])}, "
-                            f"input 0 has {batch}: every input must share dimension 0")
-    if batch % per:
-        raise GraphoptError(f"the batch of {batch} does not split into {cfg.microbatches} "
-                            f"micro-batches x dp {cfg.dp} = {per} equal parts; pass a --batch "
-                            f"that is a multiple of {per}, or change --microbatches/--dp")
-    micro = batch // per
-    in_spec = pytree.tree_structure((tuple(loaded.inputs), dict(kwargs)))
-    args, kw = pytree.tree_unflatten([t[:micro] for t in batches.example], in_spec)
-    graph = capture(loaded.model, args, kw or None, mode=capture_mode, name=loaded.spec)
-    return Prepared(spec=loaded.spec, model=loaded.model, graph=graph, batches=batches,
-                    in_spec=in_spec, micro=micro)
-
-
-def _direct_bytes(stages) -> int:
-    """What sending each value once per consumer stage would cost (the plan's own count)."""
-    total = 0
-    for st in stages.stages:
-        for name, kind, _ in st.inputs:
-            if kind == "recv":
-                total += sum(_nbytes(s, d) for s, d in st.specs[name])
-    return total
-
-
-def _nbytes(shape, dtype) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n * torch.empty((), dtype=dtype).element_size()
-
-
-def make_job(prep: Prepared, cfg: TrainConfig, *, plan=None, memory_cap: float | None = None,
-             device: str = "cpu", link: str | None = None, imbalance: float = 0.03,
-             fault=None) -> tuple[TrainJob, JobInfo]:
-    """Plan (unless ``plan`` is given), lower, check memory; nothing starts yet."""
-    cfg.validate()
-    k = cfg.stages
-    check_schedule(cfg.schedule, cfg.pp, cfg.virtual, cfg.microbatches)
-    graph = prep.graph
-    if plan is None:
-        plan, _ = plan_training(graph, k=k, schedule=cfg.schedule, microbatches=cfg.microbatches,
-                                device=device, optimizer=cfg.optimizer, momentum=cfg.momentum,
-                                memory_cap=memory_cap, stages_per_rank=cfg.virtual,
-                                imbalance=imbalance, seed=cfg.seed, link=link, model=prep.spec)
-    else:
-        if plan.mode != "pipeline":
-            raise PlanError(f"{plan.source}: a {plan.mode}-mode plan cannot run as a pipeline; "
-                            "make it with --mode pipeline")
-        if plan.k != k:
-            raise PlanError(f"{plan.source} has {plan.k} parts but --pp {cfg.pp} x "
-                            f"{cfg.virtual} stage(s) per rank needs {k}")
-        from graphopt.partition.cut_rewrite import cut_like
-        graph = cut_like(graph, plan.splits, plan.source)
-        prep.graph = graph
-        plan.check_graph(graph)
-    stages = plan.split(graph)
-    if cfg.lowering == "direct":
-        from graphopt.distributed.direct import lower_direct
-        lowered = lower_direct(stages, graph)
-    else:
-        lowered = lower(stages, graph)
-    place = placement(cfg.schedule, cfg.pp, cfg.virtual)
-    fl = inflight(cfg.schedule, cfg.pp, cfg.virtual, cfg.microbatches)
-    memory = stage_memory(lowered, graph, place, fl, optimizer=cfg.optimizer,
-                          momentum=cfg.momentum)
-    check_memory(memory, memory_cap, cfg.schedule, cfg.microbatches)
-    by_name = {n.name: n for n in graph.fx_nodes()}
-    out_vals = [by_name[v].meta.get("val") if kind == "value" else v
-                for kind, v in stages.results]
-    loss = make_loss(out_vals, lowered.result_slots, prep.micro)
-    target = make_target(loss, prep.batches.batch, cfg.seed)
-    tied = tied_parameters(lowered)
-    grad_bytes = sum(p.numel() * p.element_size() for p in graph.gm.parameters() if p.requires_grad)
-    job = TrainJob(config=cfg, lowered=lowered, placement=place, batches=prep.batches, loss=loss,
-                   target=target, tied=tied, micro=prep.micro, fault=fault, model=prep.spec)
-    info = JobInfo(plan=plan, memory=memory, relay=relay_bytes(lowered, place),
-                   direct_bytes=_direct_bytes(stages), inflight=fl, grad_bytes=grad_bytes)
-    return job, info
 
 
 def _gather(results: list[dict], cfg: TrainConfig) -> TrainRun:
@@ -193,11 +92,8 @@ def _gather(results: list[dict], cfg: TrainConfig) -> TrainRun:
 
 def run_job(job: TrainJob, *, backend: str | None = None, threads: int | None = None) -> TrainRun | None:
     """Run ``job`` on ``pp * dp`` processes; under torchrun, join it (``None`` off rank 0)."""
-    from graphopt.distributed.launch import join_torchrun, run_workers, under_torchrun
-    from graphopt.distributed.worker import train_worker
     cfg = job.config
     if under_torchrun():
-        import os
         world = int(os.environ["WORLD_SIZE"])
         if world != cfg.world_size:
             raise GraphoptError(f"torchrun started {world} processes but --pp {cfg.pp} x --dp "
@@ -212,8 +108,6 @@ def run_job(job: TrainJob, *, backend: str | None = None, threads: int | None = 
 def run_jobs(jobs: list[TrainJob], *, backend: str | None = None,
              threads: int | None = None) -> list[TrainRun]:
     """Run jobs of one world size in a single launch (one process start-up for all)."""
-    from graphopt.distributed.launch import run_workers
-    from graphopt.distributed.worker import train_jobs_worker
     world = {job.config.world_size for job in jobs}
     if len(world) != 1:
         raise GraphoptError(f"jobs of different world sizes cannot share a launch: {sorted(world)}")
@@ -225,7 +119,6 @@ def run_jobs(jobs: list[TrainJob], *, backend: str | None = None,
 
 def measured_bubble(run: TrainRun) -> float:
     """Idle share of the timed step: 1 - compute time / step time, averaged over the ranks."""
-    from graphopt.distributed.trace import COMPUTE_KINDS
     step = run.step_seconds[run.timed_step]
     if step <= 0:
         return 0.0

@@ -4,12 +4,16 @@ Needs: an initialized default process group of ``dp * pp`` ranks and a :class:`T
 Layout: a ``(dp, pp)`` device mesh, row-major (global rank ``d * pp + p``); rank ``p`` of each
 pipeline replica runs the stages the schedule places there, each a manual ``PipelineStage`` over
 the mesh's ``pp`` group. With ``dp > 1`` every stage module is wrapped with DDP or FSDP2 on the
-``dp`` group and each replica takes its slice of the global batch.
+``dp`` group and each replica takes its slice of the global batch. One exception: DDP under a
+split-backward schedule (``zero-bubble``), whose weight-gradient pass (``autograd.grad``) DDP's
+hooks never see: those stages run unwrapped and their gradients are averaged over dp in one
+flat all-reduce after the schedule's step.
 
 A step: barrier (a shared time origin), ``schedule.step`` (the engine averages gradients over the
-micro-batches, DDP/FSDP over dp), sum the gradients of tied weights over the stages that hold a
-copy, optimizer step. Guarantees: the same losses and parameters as single-process training on
-the whole batch, to float rounding (what ``--check`` verifies).
+micro-batches, DDP/FSDP over dp), the dp average where DDP could not do it, sum the gradients
+of tied weights over the stages that hold a copy, optimizer step. Guarantees: the same losses
+and parameters as single-process training on the whole batch, to float rounding (what
+``--check`` verifies).
 """
 from __future__ import annotations
 
@@ -18,11 +22,16 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.pipelining import PipelineStage, build_stage
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from graphopt.distributed.direct import pipe_info, restore_meta
 from graphopt.distributed.job import TrainJob, make_optimizer
 from graphopt.distributed.lowering import RelayStage
-from graphopt.distributed.schedule import torch_schedule_class
 from graphopt.distributed.trace import Recorder
+from graphopt.schedules import split_backward, torch_schedule_class
 
 __all__ = ["train_worker", "train_jobs_worker", "build_stages"]
 
@@ -33,20 +42,27 @@ def _device(backend_device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _wrap(module: torch.nn.Module, job: TrainJob, mesh):
+def _manual_mean(job: TrainJob) -> bool:
+    """DDP under a split-backward schedule: torch computes the weight gradients with
+    ``autograd.grad`` (its ``W`` pass), so DDP's hooks never fire and its buckets would reduce
+    nothing; the stages then run unwrapped and :class:`_GradMean` averages their gradients."""
+    cfg = job.config
+    return cfg.dp > 1 and cfg.dp_wrapper == "ddp" and split_backward(cfg.schedule)
+
+
+def _wrap(module: torch.nn.Module, job: TrainJob, mesh, unused: set[str] | None):
     """The DP wrapper on the mesh's dp dimension (none when dp is 1)."""
     cfg = job.config
-    if cfg.dp == 1 or not any(p.requires_grad for p in module.parameters()):
+    if cfg.dp == 1 or not any(p.requires_grad for p in module.parameters()) or _manual_mean(job):
         return module       # nothing to synchronize (a stage may hold no weights at all)
     if cfg.dp_wrapper == "fsdp":
-        from torch.distributed.fsdp import fully_shard
         return fully_shard(module, mesh=mesh["dp"])
-    from torch.nn.parallel import DistributedDataParallel as DDP
     dev = next(module.parameters()).device
-    # find_unused_parameters=True turns off DDP's bucket rebuild after the first step: the
-    # rebuild counts the gradient-ready events of every micro-batch's backward (no_sync ones
-    # included) and fails its own size check on the second step ("rebuilt parameter indices").
-    return DDP(module, process_group=mesh["dp"].get_group(), find_unused_parameters=True,
+    # DDP must look for weights without a gradient only where a stage has some (the engine's
+    # no_sync forwards and explicit prepare_for_backward make the plain mode correct otherwise);
+    # the flag costs a graph traversal per step and, where nothing is unused, one C++ warning
+    # per rank that a Python filter cannot reach.
+    return DDP(module, process_group=mesh["dp"].get_group(), find_unused_parameters=unused != set(),
                device_ids=[dev.index] if dev.type == "cuda" else None)
 
 
@@ -56,26 +72,25 @@ def build_stages(job: TrainJob, pp_rank: int, device: torch.device, mesh=None, p
     Each module gets its own copy of its weights (tied weights included), so a DP wrapper never
     sees a parameter shared with another module.
     """
-    from torch.distributed.pipelining import PipelineStage, build_stage
     out = []
     low = job.lowered
     k = len(low)
+    unused = job.unused
     for s, rank in enumerate(job.placement):
         if rank != pp_rank:
             continue
         prog = low.programs[s]
         if low.lowering == "direct":
-            from graphopt.distributed.direct import pipe_info, restore_meta
             module = copy.deepcopy(prog.module).to(device)
             restore_meta(module, prog)
-            wrapped = _wrap(module, job, mesh) if mesh is not None else module
+            wrapped = _wrap(module, job, mesh, unused[s]) if mesh is not None else module
             if not hasattr(wrapped, "graph"):
                 wrapped.graph = module.graph   # the traced frontend reads it; DDP has none
             stage = build_stage(wrapped, s, pipe_info(low), device, group=pp_group)
         else:
             module = RelayStage(copy.deepcopy(prog),
                                 fresh_outputs=job.config.schedule == "zero-bubble").to(device)
-            wrapped = _wrap(module, job, mesh) if mesh is not None else module
+            wrapped = _wrap(module, job, mesh, unused[s]) if mesh is not None else module
             stage = PipelineStage(wrapped, s, k, device, input_args=prog.examples(prog.carry_in),
                                   output_args=prog.examples(prog.carry_out), group=pp_group)
         out.append((s, module, stage))
@@ -85,6 +100,30 @@ def build_stages(job: TrainJob, pp_rank: int, device: torch.device, mesh=None, p
 def _core(module: torch.nn.Module) -> torch.nn.Module:
     """The module holding a stage's weights under their graph names."""
     return getattr(module, "inner", module) if isinstance(module, RelayStage) else module
+
+
+class _GradMean:
+    """DDP's result for stages it cannot wrap (:func:`_manual_mean`): after the schedule's step,
+    each gradient becomes its mean over the dp group, in one flat all-reduce. The weights that
+    have a gradient are the same on every dp rank (one program), so the layouts agree."""
+
+    def __init__(self, job: TrainJob, mesh, modules: dict[int, torch.nn.Module]):
+        self.group = mesh["dp"].get_group() if _manual_mean(job) else None
+        self.dp = job.config.dp
+        self.params = [p for _, m in sorted(modules.items()) for p in m.parameters()
+                       if p.requires_grad]
+
+    def __call__(self) -> None:
+        if self.group is None:
+            return
+        params = [p for p in self.params if p.grad is not None]
+        if not params:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, group=self.group)
+        flat.div_(self.dp)
+        for p, g in zip(params, torch.split(flat, [p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p.grad))
 
 
 class _TiedSync:
@@ -99,7 +138,8 @@ class _TiedSync:
         self.jobs = []   # (process group or None, [members, ...]) for this rank
         for ranks, groups in sorted(by_ranks.items()):
             for d in range(cfg.dp):      # every rank creates every group, in the same order
-                pg = dist.new_group([d * cfg.pp + r for r in ranks]) if len(ranks) > 1 else None
+                pg = dist.new_group([cfg.parallel.rank_of(d, r) for r in ranks]) \
+                    if len(ranks) > 1 else None
                 if d == dp_rank and pp_rank in ranks:
                     self.jobs.append((pg, groups))
         self.modules = modules
@@ -146,7 +186,6 @@ def _full_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def train_worker(rank: int, world: int, job: TrainJob) -> dict:
     """Run ``job`` as global rank ``rank``; returns losses, times, events and final weights."""
-    from torch.distributed.device_mesh import init_device_mesh
     cfg = job.config
     if world != cfg.world_size:
         raise RuntimeError(f"the job needs {cfg.world_size} ranks (pp {cfg.pp} x dp {cfg.dp}), "
@@ -155,7 +194,7 @@ def train_worker(rank: int, world: int, job: TrainJob) -> dict:
     device = _device(kind)
     torch.manual_seed(cfg.seed)
     mesh = init_device_mesh(kind, (cfg.dp, cfg.pp), mesh_dim_names=("dp", "pp"))
-    dp_rank, pp_rank = divmod(rank, cfg.pp)
+    dp_rank, pp_rank, _ = cfg.parallel.position(rank)
     built = build_stages(job, pp_rank, device, mesh, mesh["pp"].get_group())
     modules = {s: m for s, m, _ in built}
     stages = [st for _, _, st in built]
@@ -169,6 +208,7 @@ def train_worker(rank: int, world: int, job: TrainJob) -> dict:
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     opt = make_optimizer(cfg, params) if params else None
     tied = _TiedSync(job, dp_rank, pp_rank, modules)
+    mean = _GradMean(job, mesh, modules)
     first = any(s == 0 for s in modules)
     last = any(s == len(job.lowered) - 1 for s in modules)
     lo, hi = dp_rank * job.shard, (dp_rank + 1) * job.shard
@@ -186,6 +226,7 @@ def train_worker(rank: int, world: int, job: TrainJob) -> dict:
         sched.step(*args, target=target, losses=mb_losses if last else None,
                    return_outputs=False)
         t1 = time.perf_counter()
+        mean()
         tied()
         t2 = time.perf_counter()
         if opt is not None:

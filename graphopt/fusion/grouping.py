@@ -36,7 +36,8 @@ import torch
 import torch.fx
 
 from graphopt import op_table
-from graphopt.cost import OpClass, get_device
+from graphopt.cost import OpClass
+from graphopt.costmodel.target import CostModel, as_cost_model
 from graphopt.fusion.domain import PERSISTENT_MAX_COLS, Domain, FusionReject, analyze
 from graphopt.fusion.ops import CONSTANTS, FusionKind, fusion_kind, not_fusible_reason, overload_key
 from graphopt.fusion.plan import FusionGroup, FusionPlan, Rejection, value_bytes
@@ -144,14 +145,14 @@ def _unfused_bytes(nodes: list[torch.fx.Node]) -> int:
 
 
 class _Fuser:
-    def __init__(self, graph: Graph, max_ops: int, max_inputs: int, device: str):
+    def __init__(self, graph: Graph, max_ops: int, max_inputs: int, device: CostModel | str):
         self.graph = graph
         self.gm = graph.gm
         self.max_ops = max_ops
         self.max_inputs = max_inputs
-        device = get_device(device)
-        self.bandwidth = device.bandwidth
-        self.launch = device.launch_seconds or 3e-6
+        spec = as_cost_model(device).spec
+        self.bandwidth = spec.bandwidth
+        self.launch = spec.launch_seconds or 3e-6
         self.why: dict[torch.fx.Node, str | None] = {
             n: not_fusible_reason(n) for n in self.gm.graph.nodes if _is_compute(n)}
         self.groups = _Groups(self.gm, {n for n, r in self.why.items() if r is None})
@@ -289,7 +290,7 @@ class _Fuser:
 
 
 def plan_fusion(graph: Graph, *, max_ops: int = DEFAULT_MAX_OPS,
-                max_inputs: int = DEFAULT_MAX_INPUTS, device: str = "h100") -> FusionPlan:
+                max_inputs: int = DEFAULT_MAX_INPUTS, device: CostModel | str = "h100") -> FusionPlan:
     """Plan the fusion of ``graph`` without touching it.
 
     Example:

@@ -5,5 +5,5 @@ Read in this order: :mod:`.costgraph` (the arrays every algorithm works on), :mo
 which runs them side by side and keeps the plan :mod:`.choose`'s one ranking rule prefers;
 :mod:`.floor` is the yardstick (the least bytes any stage-ordered plan can send); :mod:`.plan` is
 ``partition.json`` and :mod:`.stages` turns a plan into modules. :mod:`.rowwise` and
-:mod:`.split_plan` decide where a boundary may cut inside nodes.
+:mod:`.cut_plan` decide where a boundary may cut inside nodes (a node *cut* into *blocks*).
 """

@@ -23,9 +23,15 @@ does):
 * ``time``: the fastest plan by the full estimate (fixed costs included); bytes, then
   simplicity, break exact ties.
 
-The search ranks its candidates with it, and ``partition_graph`` ranks the plans of the graph as
-written and of each way of cutting it with it too. :func:`choice_notes` says in the plan's notes
-when the rule kept a plan that sends more than another one, with both plans' numbers.
+Last, a guard no ranking can get past: the plan kept is never *dominated*, that is worse on
+both printed axes (more bytes and a slower slowest stage by the full estimate) than another plan
+the search made, the baselines it prints included (:func:`undominated`). Balance is a means to
+a fast slowest stage, not an end: a plan that sends fewer bytes and is faster replaces the
+choice even when it is outside the balance tolerance (the plan's notes say so).
+
+The search ranks its candidates with it, and :mod:`graphopt.partition.variants` ranks the plans
+of the graph as written and of each way of cutting it with it too. :func:`choice_notes` says in
+the plan's notes when the rule kept a plan that sends more than another one, with both plans' numbers.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from typing import TypeVar
 from graphopt.partition.metrics import Metrics
 
 __all__ = ["TIME_SLACK", "FIXED_SLACK", "BYTES_SLACK", "OBJECTIVES", "best_plan",
-           "gives_way", "choice_notes"]
+           "gives_way", "choice_notes", "dominates", "undominated"]
 
 T = TypeVar("T")
 
@@ -81,6 +87,25 @@ def best_plan(pool: Sequence[T], metrics_of: Callable[[T], Metrics], objective: 
                                     simple(c)))
 
 
+def dominates(a: Metrics, b: Metrics) -> bool:
+    """Whether plan ``a`` is better than ``b`` on both printed axes: fewer bytes and a faster
+    slowest stage (full estimate; a relative 1e-9 absorbs rounding)."""
+    return a.comm_bytes < b.comm_bytes and \
+        a.bottleneck_seconds < b.bottleneck_seconds * (1 - 1e-9)
+
+
+def undominated(choice: T, pool: Sequence[T], metrics_of: Callable[[T], Metrics]) -> T:
+    """``choice``, or where plans of ``pool`` dominate it (:func:`dominates`), the one of them
+    that sends the fewest bytes (then the fastest). That one is dominated by nothing in
+    ``pool``: a plan dominating it would dominate ``choice`` too, with fewer bytes still."""
+    mc = metrics_of(choice)
+    better = [c for c in pool if dominates(metrics_of(c), mc)]
+    if not better:
+        return choice
+    return min(better, key=lambda c: (metrics_of(c).comm_bytes,
+                                      metrics_of(c).bottleneck_seconds))
+
+
 def gives_way(m: Metrics, other: Metrics) -> bool:
     """Whether plan ``m`` loses to ``other`` on fixed costs (module docstring): its full
     estimate more than ``1 + FIXED_SLACK`` times the other's, for at most ``BYTES_SLACK`` fewer
@@ -95,7 +120,8 @@ def _times(m: Metrics) -> str:
 
 def choice_notes(kept: Metrics, fewest: Metrics | None, equal: Metrics | None, *,
                  objective: str, time_slack: float, imbalance: float,
-                 equal_admissible: bool, fastest: Metrics | None = None) -> list[str]:
+                 equal_admissible: bool, fastest: Metrics | None = None,
+                 balance: str = "time") -> list[str]:
     """What the plan's notes say about the choice.
 
     Args:
@@ -104,6 +130,7 @@ def choice_notes(kept: Metrics, fewest: Metrics | None, equal: Metrics | None, *
         fastest: the admissible plan with the fastest full estimate (``None``: not known).
         equal: the equal-FLOPs contiguous split of the model as written.
         imbalance: the balance tolerance the plan was held to.
+        balance: what it bounds, ``time`` (the stages' predicted seconds) or ``flops``.
         equal_admissible: whether the equal split meets that tolerance (and the memory cap).
     """
     notes = []
@@ -121,9 +148,11 @@ def choice_notes(kept: Metrics, fewest: Metrics | None, equal: Metrics | None, *
                      f"{why}; kept {kept.comm_bytes:,} B ({_times(kept)})")
     if equal is not None and kept.comm_bytes > equal.comm_bytes:
         if not equal_admissible:
-            why = (f"that split is {equal.imbalance:.1%} out of balance (tolerance "
-                   f"{imbalance:.1%}); this plan's imbalance is {kept.imbalance:.1%}, bought "
-                   "with the extra bytes")
+            what, eq_imb, kept_imb = ("time imbalance", equal.time_imbalance,
+                                      kept.time_imbalance) if balance == "time" else \
+                ("FLOPs imbalance", equal.imbalance, kept.imbalance)
+            why = (f"that split's {what} is {eq_imb:.1%} (tolerance {imbalance:.1%}); this "
+                   f"plan's is {kept_imb:.1%}, bought with the extra bytes")
         elif objective == "volume":
             why = (f"that split's work exceeds this plan's by more than {time_slack:.0%} of "
                    f"its stage time ({_times(equal)} vs {_times(kept)})")

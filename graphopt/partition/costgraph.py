@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphopt.cost import OpClass, get_device, roofline_seconds
+from graphopt.costmodel.target import CostModel, as_cost_model
+from graphopt.op_table import OpClass
 
 __all__ = ["CostGraph", "segment_reduce"]
 
@@ -48,7 +49,7 @@ class CostGraph:
         names: node names, in topological order.
         flops: FLOPs per node (the balance weight).
         out_bytes: bytes of each node's output (what a transfer of it carries).
-        seconds: roofline compute time per node on the target device.
+        seconds: forward seconds per node as the cost model prices it.
         is_param: parameters, buffers and constants (held locally, never sent).
         is_compute: nodes that do work (call_function nodes that are not views).
         act_bytes: bytes a node allocates for its output (0 for views, inputs and parameters).
@@ -103,9 +104,12 @@ class CostGraph:
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
-    def from_graph(cls, graph, device="h100") -> CostGraph:
-        """Flatten a :class:`~graphopt.graph.Graph`; ``seconds``: roofline times on ``device``."""
-        dev = get_device(device)
+    def from_graph(cls, graph, cost_model: CostModel | str = "h100") -> CostGraph:
+        """Flatten a :class:`~graphopt.graph.Graph`; ``seconds``: each node's forward seconds as
+        ``cost_model`` prices it (:meth:`~graphopt.costmodel.target.CostModel.node_seconds`:
+        measured curves where the spec has them, roofline otherwise; a preset key is taken as
+        that preset's model)."""
+        cm = as_cost_model(cost_model)
         infos = graph.nodes()
         index = {info.name: i for i, info in enumerate(infos)}
         src, dst = [], []
@@ -113,9 +117,7 @@ class CostGraph:
             src.append(index[s])
             dst.append(index[d])
         compute = [i.op == "call_function" and i.op_class != OpClass.VIEW for i in infos]
-        seconds = [roofline_seconds(i.flops, i.bytes_read + i.bytes_written, i.op_class,
-                                    i.dtype or "float32", dev) if c else 0.0
-                   for i, c in zip(infos, compute)]
+        seconds = [cm.node_seconds(i) if c else 0.0 for i, c in zip(infos, compute)]
         return cls(names=[i.name for i in infos], flops=[i.flops for i in infos],
                    out_bytes=[i.out_bytes for i in infos], seconds=seconds,
                    is_param=[i.is_param for i in infos], is_compute=compute,
@@ -123,7 +125,7 @@ class CostGraph:
                    src=src, dst=dst, ops=[i.op for i in infos],
                    targets=[i.target for i in infos], name=graph.name,
                    output_nodes=[index[o] for o in graph.output_names() if o in index],
-                   launch_seconds=float(dev.launch_seconds))
+                   launch_seconds=float(cm.spec.launch_seconds))
 
     # -- structure -----------------------------------------------------------------------------
     def succs(self, v: int) -> np.ndarray:

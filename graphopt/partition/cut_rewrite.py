@@ -1,6 +1,6 @@
 """Cut nodes so a pipeline stage boundary can land inside them: the same function, in blocks.
 
-What to cut comes from :func:`graphopt.partition.split_plan.plan_splits` (read it for why and where). The
+What to cut comes from :func:`graphopt.partition.cut_plan.plan_cuts` (read it for why and where). The
 rewrites, each exact:
 
 * a **row region** (a transformer FFN block, say) becomes one copy of its ops per token block:
@@ -15,7 +15,7 @@ rewrites, each exact:
 Every ``cat`` reproduces the original value's memory layout (later ``view`` ops rely on it).
 
 The ``split_ops`` pass (:mod:`graphopt.passes.split_ops`) and ``partition_graph`` call
-:func:`apply_splits`; the training runtime replays a recorded plan's cuts with :func:`cut_like`.
+:func:`apply_cuts`; the training runtime replays a recorded plan's cuts with :func:`cut_like`.
 
 Needs: ``meta['val']`` on every node (fake or real tensors). Guarantees: the graph computes the
 same outputs; new nodes carry ``meta['val']`` (the op run on its inputs' values under the graph's
@@ -32,10 +32,10 @@ import torch.fx
 import torch.utils._pytree as pytree
 
 from graphopt.graph import Graph
+from graphopt.partition.cut_plan import Cut, cuts_from_dicts, node_cut_kind
 from graphopt.partition.rowwise import SHAPE_ARG, get_arg, is_causal_flag, prefix_chain, set_arg
-from graphopt.partition.split_plan import Cut, cuts_from_dicts, node_split_kind
 
-__all__ = ["apply_splits", "cut_like"]
+__all__ = ["apply_cuts", "cut_like"]
 
 aten = torch.ops.aten
 
@@ -51,15 +51,15 @@ def cut_like(graph: Graph, splits: list, source: str = "plan") -> Graph:
     if not splits or any("split_of" in i.extra for i in graph.nodes()):
         return graph
     cut = graph.copy()
-    apply_splits(cut, cuts_from_dicts(cut, splits, source))
+    apply_cuts(cut, cuts_from_dicts(cut, splits, source))
     return cut
 
 
-def apply_splits(graph: Graph, cuts: list[Cut]) -> dict[str, list[str]]:
+def apply_cuts(graph: Graph, cuts: list[Cut]) -> dict[str, list[str]]:
     """Cut ``graph`` in place; fills each cut's ``blocks`` and returns ``{label: new nodes}``.
 
     Example:
-        >>> done = apply_splits(graph, plan_splits(graph, k=4, eps=0.03))
+        >>> done = apply_cuts(graph, plan_cuts(graph, k=4, eps=0.03))
     """
     if not cuts:
         return {}
@@ -68,9 +68,9 @@ def apply_splits(graph: Graph, cuts: list[Cut]) -> dict[str, list[str]]:
     for c in sorted(cuts, key=lambda c: -order[c.nodes[0]]):  # later first: names stay valid
         fx = {n.name: n for n in graph.fx_nodes()}
         if c.region is None:
-            c.blocks, new = _split_node(graph, fx[c.nodes[0]], c.cuts)
+            c.blocks, new = _cut_node(graph, fx[c.nodes[0]], c.cuts)
         else:
-            c.blocks, new = _split_region(graph, [fx[n] for n in c.nodes], c.region, c.cuts)
+            c.blocks, new = _cut_region(graph, [fx[n] for n in c.nodes], c.region, c.cuts)
         done[c.label] = new
     graph.gm.graph.lint()
     graph.gm.recompile()
@@ -81,7 +81,7 @@ def apply_splits(graph: Graph, cuts: list[Cut]) -> dict[str, list[str]]:
     return done
 
 
-def _split_region(graph: Graph, nodes: list, reg, cuts: list[int]) -> tuple[list, list[str]]:
+def _cut_region(graph: Graph, nodes: list, reg, cuts: list[int]) -> tuple[list, list[str]]:
     """Replace a row-wise region by one copy per token block: outside inputs sliced first (so a
     boundary between blocks sends only the rows still to do), each block's ops on its rows,
     and a ``cat`` per value used after the region."""
@@ -275,10 +275,10 @@ def _cat_like(g: torch.fx.Graph, pieces, dim: int, meta: dict, mode) -> torch.fx
     return _emit(g, aten.permute.default, (cat, inv), meta, mode)
 
 
-def _split_node(graph: Graph, node: torch.fx.Node, cuts: list[int]) -> tuple[list, list[str]]:
+def _cut_node(graph: Graph, node: torch.fx.Node, cuts: list[int]) -> tuple[list, list[str]]:
     """Replace ``node`` by slices, one op per block and a ``cat``; returns the blocks' node
     names and all new names."""
-    rows, sl, cat_dim = node_split_kind(node)
+    rows, sl, cat_dim = node_cut_kind(node)
     spans = list(zip([0] + cuts, cuts + [rows]))
     g = graph.gm.graph
     vals = [_val(a) for a in node.args]

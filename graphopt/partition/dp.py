@@ -8,10 +8,13 @@ exact dynamic programs over the candidate positions; a stage's receive volume ``
 tensor made before ``i`` with a consumer in ``[i, j)``, once) depends only on its own two cuts,
 which is what makes the min-max decomposable.
 
-Balance budget: stage ``s`` may hold at most ``(1 + eps) * A_s`` FLOPs, where ``A_s`` is its
-share of the work; a node heavier than that (a *giant*) sets its stage's limit to ``(1 + eps)``
-times its own FLOPs, and the other stages share the rest (water-filling). The parameter bytes a
-stage holds plus its activation bytes times the micro-batches in flight must fit the memory cap.
+Balance budget: stage ``s`` may hold at most ``(1 + eps) * A_s`` of the balance weight, where
+``A_s`` is its share of the work; a node heavier than that (a *giant*) sets its stage's limit to
+``(1 + eps)`` times its own weight, and the other stages share the rest (water-filling). The
+weight is each node's predicted time (``CostGraph.seconds``, from the cost model) by default, so
+``eps`` bounds the stages' predicted time; ``by="flops"`` balances FLOPs instead. The parameter
+bytes a stage holds plus its activation bytes times the micro-batches in flight must fit the
+memory cap.
 
 Complexity: O(k * C^2 + E) per order, with ``C`` the candidate cut positions of one stage
 boundary (all positions the budget allows, at most ``max_candidates``: the ones with the least
@@ -25,9 +28,23 @@ import numpy as np
 
 from graphopt.partition.costgraph import CostGraph, segment_reduce
 
-__all__ = ["Budget", "make_budget", "split_order", "equal_flops_split", "cuts_to_parts"]
+__all__ = ["Budget", "make_budget", "split_order", "equal_flops_split", "cuts_to_parts",
+           "balance_weight", "BALANCE_BY"]
 
 _INF = float("inf")
+BALANCE_BY = ("time", "flops")
+
+
+def balance_weight(cg: CostGraph, by: str = "time") -> tuple[np.ndarray, str]:
+    """``(weight, by)``: per-node balance weight, predicted seconds (``time``) or FLOPs
+    (``flops``), parameters 0. A graph whose nodes carry no predicted time (a plan read from
+    JSON without ``seconds``) balances FLOPs, and says so in the ``by`` returned."""
+    if by not in BALANCE_BY:
+        raise ValueError(f"balance by must be one of {', '.join(BALANCE_BY)}, got {by!r}")
+    moving = ~cg.is_param
+    if by == "time" and float(cg.seconds[moving].sum()) > 0:
+        return np.where(moving, cg.seconds, 0.0).astype(np.float64), "time"
+    return np.where(moving, cg.flops, 0).astype(np.float64), "flops"
 
 
 @dataclass
@@ -35,14 +52,16 @@ class Budget:
     """Per-stage limits of a plan (see the module docstring).
 
     Attributes:
-        target: FLOPs share ``A_s`` of each stage (water-filled around giant nodes).
+        target: weight share ``A_s`` of each stage (water-filled around giant nodes).
         eps: allowed relative excess over the share.
         giant: per-node flag of nodes heavier than ``(1 + eps) * A``.
         speeds: relative speed of each stage's device (compute time is divided by it).
         mem_cap: bytes a stage may hold (parameters + in-flight activations).
         inflight: micro-batches whose activations each stage holds at once.
-        giant_total: FLOPs of all giant nodes together.
+        giant_total: weight of all giant nodes together.
         best_imbalance: lower bound on the imbalance any plan can reach (the heaviest node).
+        weight: per-node balance weight (:func:`balance_weight`; parameters 0).
+        by: what the weight is, ``time`` or ``flops``.
     """
 
     k: int
@@ -55,46 +74,64 @@ class Budget:
     giant_total: float = 0.0
     best_imbalance: float = 0.0
     notes: list[str] = field(default_factory=list)
+    weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    by: str = "time"
 
-    def cap(self, s: int, giant_flops):
-        """Most FLOPs stage ``s`` may hold, given the giant nodes' FLOPs it holds."""
-        return (1.0 + self.eps) * np.maximum(self.target[s], giant_flops)
+    def cap(self, s: int, giant_weight):
+        """Most weight stage ``s`` may hold, given the giant nodes' weight it holds."""
+        return (1.0 + self.eps) * np.maximum(self.target[s], giant_weight)
+
+    @property
+    def tol(self) -> float:
+        """Rounding slack on a weight sum."""
+        return 1e-9 * float(self.weight.sum()) if self.weight.size else 0.0
+
+    def part_weights(self, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each part's weight and giant weight under ``part`` (parts of every node; those of
+        parameters, which weigh nothing, are ignored)."""
+        w, p = self.weight, np.clip(np.asarray(part, dtype=np.int64), 0, self.k - 1)
+        return (np.bincount(p, weights=w, minlength=self.k),
+                np.bincount(p, weights=np.where(self.giant, w, 0.0), minlength=self.k))
 
     def loose_cap(self, s: int) -> float:
         return (1.0 + self.eps) * max(float(self.target[s]), self.giant_total)
 
 
 def make_budget(cg: CostGraph, k: int, eps: float, *, speeds=None, mem_cap: float = _INF,
-                inflight=None) -> Budget:
-    """Shares per stage, giant nodes, and the note a plan shows when a node outweighs 1/k."""
+                inflight=None, by: str = "time") -> Budget:
+    """Shares per stage, giant nodes, and the note a plan shows when a node outweighs 1/k.
+    ``by``: what ``eps`` bounds, the stages' predicted time (default) or their FLOPs."""
     sp = np.asarray(speeds if speeds is not None else [1.0] * k, dtype=np.float64)
     frac = sp / sp.sum()
-    total = float(cg.flops[~cg.is_param].sum())
+    w, by = balance_weight(cg, by)
+    what = "predicted time" if by == "time" else "FLOPs"
+    total = float(w.sum())
     moving = ~cg.is_param
     giant = np.zeros(cg.n, dtype=bool)
     target = total * frac
     if np.allclose(frac, frac[0]):
         # Water-filling: nodes above (1+eps)*share take a stage each; the rest share the remainder.
         for _ in range(k):
-            share = (total - cg.flops[giant].sum()) / max(k - int(giant.sum()), 1)
-            new = moving & (cg.flops > (1.0 + eps) * share)
+            share = (total - w[giant].sum()) / max(k - int(giant.sum()), 1)
+            new = moving & (w > (1.0 + eps) * share)
             if int(new.sum()) >= k or np.array_equal(new, giant):
                 giant = new if int(new.sum()) < k else giant
                 break
             giant = new
-        share = (total - cg.flops[giant].sum()) / max(k - int(giant.sum()), 1)
+        share = (total - w[giant].sum()) / max(k - int(giant.sum()), 1)
         target = np.full(k, share)
     else:
-        giant = moving & (cg.flops > (1.0 + eps) * target.max())
+        giant = moving & (w > (1.0 + eps) * target.max())
     inflight = np.asarray(inflight if inflight is not None else np.ones(k), dtype=np.float64)
-    best = max(0.0, float(cg.flops[moving].max(initial=0)) / (total / k) - 1.0) if total else 0.0
+    best = max(0.0, float(w[moving].max(initial=0)) / (total / k) - 1.0) if total else 0.0
     b = Budget(k=k, target=target, eps=eps, giant=giant, speeds=sp, mem_cap=mem_cap,
-               inflight=inflight, giant_total=float(cg.flops[giant].sum()), best_imbalance=best)
+               inflight=inflight, giant_total=float(w[giant].sum()), best_imbalance=best,
+               weight=w, by=by)
     if giant.any():
-        heavy = int(np.argmax(np.where(giant, cg.flops, -1)))
-        b.notes.append(f"node {cg.names[heavy]!r} alone holds {cg.flops[heavy] / total:.1%} of "
-                       f"the FLOPs (more than 1/{k}): the slowest part is the one holding it; best "
-                       f"achievable imbalance {best:.1%}")
+        heavy = int(np.argmax(np.where(giant, w, -1)))
+        b.notes.append(f"node {cg.names[heavy]!r} alone holds {w[heavy] / total:.1%} of "
+                       f"the {what} (more than 1/{k}): the slowest part is the one holding it; "
+                       f"best achievable imbalance {best:.1%}")
     return b
 
 
@@ -126,10 +163,10 @@ class _Order:
     """Prefix sums and receive events of one topological order."""
 
     n: int
-    pf: np.ndarray      # FLOPs
+    pf: np.ndarray      # balance weight
     pt: np.ndarray      # roofline seconds
     pa: np.ndarray      # activation bytes
-    pg: np.ndarray      # giant FLOPs
+    pg: np.ndarray      # giant weight
     pc: np.ndarray      # compute nodes
     cross: np.ndarray   # bytes crossing each cut position
     ev: tuple           # data receive events (pp, pv, bytes)
@@ -167,9 +204,9 @@ def _prepare(cg: CostGraph, order: np.ndarray, budget: Budget) -> _Order:
     w = cg.out_bytes[prod].astype(np.float64)
     diff = np.bincount(pos[prod] + 1, weights=w, minlength=n + 2) - \
         np.bincount(last[prod] + 1, weights=w, minlength=n + 2)
-    return _Order(n=n, pf=prefix(cg.flops.astype(np.float64)), pt=prefix(cg.seconds),
+    return _Order(n=n, pf=prefix(budget.weight), pt=prefix(cg.seconds),
                   pa=prefix(cg.act_bytes.astype(np.float64)),
-                  pg=prefix(np.where(budget.giant, cg.flops, 0).astype(np.float64)),
+                  pg=prefix(np.where(budget.giant, budget.weight, 0.0)),
                   pc=prefix(cg.is_compute.astype(np.float64)), cross=np.cumsum(diff)[:n + 1],
                   ev=ev, pev=pev)
 
@@ -214,7 +251,7 @@ def _windows(o: _Order, k: int, budget: Budget | None, time_ub: float | None,
         if budget is not None:
             caps = [budget.loose_cap(r) for r in range(k)]
             hi_f, lo_f = sum(caps[:s]), o.pf[-1] - sum(caps[s:])
-            tol = 1e-9 * max(o.pf[-1], 1.0)
+            tol = 1e-9 * o.pf[-1]
             ok &= (o.pf <= hi_f + tol) & (o.pf >= lo_f - tol)
         if time_ub is not None:
             sp = budget.speeds if budget is not None else np.ones(k)
@@ -276,7 +313,7 @@ def split_order(cg: CostGraph, order: np.ndarray, k: int, *, budget: Budget | No
         if budget is not None:
             f = o.pf[j] - o.pf[i]
             g = o.pg[j] - o.pg[i]
-            bad |= f > budget.cap(s, g) + 1e-9 * max(o.pf[-1], 1.0)
+            bad |= f > budget.cap(s, g) + 1e-9 * o.pf[-1]
             if mem_binds:
                 mem = _event_matrix(o.pev, wp, wc, [o.pev[2]])[0] + \
                     budget.inflight[s] * (o.pa[j] - o.pa[i])

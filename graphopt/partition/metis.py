@@ -33,10 +33,12 @@ _VW_TOTAL = 1 << 30   # total vertex weight after scaling
 _EW_MAX = 1 << 20     # largest edge weight after scaling
 
 
-def metis_csr(cg: CostGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def metis_csr(cg: CostGraph, weight: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The symmetric weighted graph METIS takes: ``(nodes, xadj, adjncy, vweights, eweights)``.
 
-    ``nodes`` maps METIS vertex ids back to cost-graph node indices.
+    ``nodes`` maps METIS vertex ids back to cost-graph node indices; vertex weights are
+    ``weight`` (the balance weight, e.g. predicted seconds) or the FLOPs.
     """
     nodes = cg.movable
     local = np.full(cg.n, -1, dtype=np.int64)
@@ -53,7 +55,7 @@ def metis_csr(cg: CostGraph) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     sym.sum_duplicates()
     xadj, vv = sym.indptr.astype(np.int64), sym.indices.astype(np.int64)
     ew = sym.data.astype(np.int64)
-    fl = cg.flops[nodes].astype(np.float64)
+    fl = (cg.flops if weight is None else np.asarray(weight))[nodes].astype(np.float64)
     total = max(float(fl.sum()), 1.0)
     vw = np.maximum(1, np.round(fl * _VW_TOTAL / total)).astype(np.int64)
     return nodes, xadj, vv.astype(np.int64), vw, ew

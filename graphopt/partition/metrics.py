@@ -8,7 +8,9 @@ Definitions (the contract's, see ``partition.json``):
 * communication volume: for each non-parameter node ``u``, ``out_bytes(u)`` times the number of
   parts other than ``part(u)`` that hold a consumer of ``u`` (the connectivity-minus-one metric
   of the hypergraph whose nets are a tensor and its consumers);
-* imbalance: ``max part FLOPs / (total FLOPs / k) - 1``;
+* imbalance: ``max part FLOPs / (total FLOPs / k) - 1``; time imbalance: the same over the
+  stages' predicted compute seconds (each over its device's speed, against the total over the
+  sum of the speeds: the time of a perfectly balanced stage);
 * acyclic: the graph of parts has no cycle; stage-ordered: data flows only to higher parts.
 
 Stage time under the alpha-beta model: a stage's compute (roofline seconds over its speed) plus
@@ -99,6 +101,7 @@ class Metrics:
     recv_messages: list[int]
     stage_seconds: list[float]       # compute + receives: one micro-batch through the stage
     work_seconds: list[float] = field(default_factory=list)   # the same without fixed costs
+    time_imbalance: float = 0.0      # max part_seconds over the balanced stage's, minus 1
 
     @property
     def bottleneck_seconds(self) -> float:
@@ -116,6 +119,7 @@ class Metrics:
                 "recv_bytes": self.recv_bytes, "recv_messages": self.recv_messages,
                 "stage_seconds": self.stage_seconds,
                 "bottleneck_seconds": self.bottleneck_seconds, "work_seconds": self.work_seconds,
+                "time_imbalance": self.time_imbalance,
                 "bottleneck_work_seconds": self.bottleneck_work}
 
 
@@ -137,7 +141,10 @@ def compute_metrics(cg: CostGraph, part: np.ndarray, k: int, *, alpha: float = 0
     total = float(cg.flops.sum())
     imbalance = float(flops.max() / (total / k) - 1.0) if total > 0 else 0.0
     sp = np.asarray(speeds if speeds is not None else [1.0] * k, dtype=np.float64)
-    secs = np.bincount(part[moving], weights=cg.seconds[moving], minlength=k) / sp
+    raw = np.bincount(part[moving], weights=cg.seconds[moving], minlength=k)
+    secs = raw / sp
+    ideal = float(raw.sum()) / float(sp.sum())
+    t_imb = float(secs.max() / ideal - 1.0) if ideal > 0 else 0.0
     work = np.bincount(part[moving], weights=cg.work_seconds[moving], minlength=k) / sp
     acts = np.bincount(part[moving], weights=cg.act_bytes[moving], minlength=k)
     pm = cg.is_param[cg.src]
@@ -154,7 +161,8 @@ def compute_metrics(cg: CostGraph, part: np.ndarray, k: int, *, alpha: float = 0
                    recv_bytes=[int(x) for x in recv_bytes],
                    recv_messages=[int(x) for x in recv_msgs],
                    stage_seconds=[float(x) for x in secs + comm_s],
-                   work_seconds=[float(x) for x in work + recv_bytes / beta])
+                   work_seconds=[float(x) for x in work + recv_bytes / beta],
+                   time_imbalance=t_imb)
 
 
 def pipeline_estimate(metrics: Metrics, microbatches: int) -> dict:

@@ -9,7 +9,8 @@ FLOPs caps is a small integer program. With ``z[v, s] = [part(v) >= s]`` (``s = 
 * ``x[v, q] = z[v, q] - z[v, q+1]`` is the indicator of part ``q``; ``y[u, q] >= x[v, q] -
   x[u, q]`` for each consumer ``v`` of ``u`` makes ``y[u, q]`` one exactly when ``u`` is sent to
   ``q``, and the objective ``sum out_bytes(u) * y[u, q]`` is the contract's volume;
-* ``sum_v flops(v) * x[v, q] <= cap(q)``: the FLOPs budget of each part.
+* ``sum_v w(v) * x[v, q] <= cap(q)``: the balance budget of each part (``w``: the budget's
+  weight, predicted time or FLOPs).
 
 The precedence part is totally unimodular (a closure problem), so the LP relaxation is nearly
 integral and HiGHS proves optimality in well under a second on graphs of a few hundred nodes.
@@ -74,7 +75,7 @@ def place(cg: CostGraph, k: int, budget: Budget, lo: np.ndarray, hi: np.ndarray,
           time_limit: float = 10.0) -> MilpResult | None:
     """The stage-ordered placement sending the fewest bytes with each movable node ``v`` in
     parts ``lo[v]..hi[v]`` (arrays over all nodes; parameters ignored) and each part within its
-    FLOPs cap (``budget.loose_cap``: the caller checks giant and memory caps). ``None`` when no
+    balance cap (``budget.loose_cap``: the caller checks giant and memory caps). ``None`` when no
     placement exists (or HiGHS knows nothing after ``time_limit``)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -154,7 +155,10 @@ def place(cg: CostGraph, k: int, budget: Budget, lo: np.ndarray, hi: np.ndarray,
             for cv, vv, c0 in terms:
                 # y - x[v,q] + x[u,q] >= 0
                 rows.add([y] + cv + xu[0], [1.0] + [-w for w in vv] + xu[1], c0 - xu[2], np.inf)
-    flops = cg.flops.astype(np.float64)
+    # the balance weight (predicted time or FLOPs), in units of a stage's share: HiGHS'
+    # feasibility tolerance is absolute, and seconds are small numbers
+    unit = max(float(budget.weight.sum()) / k, 1e-300)
+    flops = budget.weight / unit
     fixed = mov[~free[mov]]
     fixed_flops = np.bincount(lo[fixed], weights=flops[fixed], minlength=k)
     heavy_free = [v for v in np.flatnonzero(free).tolist() if flops[v] > 0]
@@ -166,8 +170,8 @@ def place(cg: CostGraph, k: int, budget: Budget, lo: np.ndarray, hi: np.ndarray,
             vals += [w * flops[v] for w in vv]
             const += c0 * flops[v]
         if cols:
-            rows.add(cols, vals, -np.inf, float(budget.loose_cap(q)) - const)
-        elif const > budget.loose_cap(q) * (1 + 1e-9):
+            rows.add(cols, vals, -np.inf, float(budget.loose_cap(q)) / unit - const)
+        elif const > budget.loose_cap(q) / unit * (1 + 1e-9):
             return None
     nvar = nz + ny
     part = lo.copy()

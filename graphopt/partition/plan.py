@@ -64,7 +64,7 @@ class Partition:
         self.candidates = list(candidates or [])
         self.seconds = float(seconds)
         self.source = source
-        # the cuts made before partitioning (graphopt.partition.split_plan.Cut.to_dict records): a graph
+        # the cuts made before partitioning (graphopt.partition.cut_plan.Cut.to_dict records): a graph
         # captured again must be cut the same way before the plan applies to it
         self.splits = list(splits or [])
         self._cg: CostGraph | None = cost_graph
@@ -74,15 +74,14 @@ class Partition:
     @classmethod
     def from_search(cls, cg: CostGraph, result, *, model: str, options) -> Partition:
         """Wrap a :class:`~graphopt.partition.search.SearchResult` for ``cg``."""
-        from graphopt.cost import get_link
-        from graphopt.partition.search import default_link, ordered_parts
+        from graphopt.partition.search import ordered_parts
         part = result.best.part
         if options.mode == "cut" and len(set(options.speeds or [1.0])) == 1:
             part = ordered_parts(cg, part, options.k)  # parts are interchangeable: name in order
-        link_key = options.link or default_link(options.device)
-        link = get_link(link_key)
+        cm = options.cost_model
+        link = cm.link
         opts = options.to_dict()
-        opts.update({"link": link_key, "link_name": link.name, "alpha": link.alpha,
+        opts.update({"link": cm.target.link_key, "link_name": link.name, "alpha": link.alpha,
                      "beta": link.beta,
                      "imbalance_used": result.eps_used, "launch_seconds": cg.launch_seconds,
                      "speeds": [float(s) for s in result.budget.speeds]})
@@ -196,7 +195,8 @@ class Partition:
         cg = self.cost_graph()
         total = float(cg.flops.sum())
         heavy = float(cg.flops[~cg.is_param].max(initial=0))
-        return {"comm_bytes": m.comm_bytes, "imbalance": m.imbalance, "acyclic": m.acyclic,
+        return {"comm_bytes": m.comm_bytes, "imbalance": m.imbalance,
+                "time_imbalance": m.time_imbalance, "acyclic": m.acyclic,
                 "part_flops": m.part_flops, "part_param_bytes": m.part_param_bytes,
                 "seconds": self.seconds, "stage_ordered": m.stage_ordered,
                 "best_imbalance": max(0.0, heavy / (total / self.k) - 1.0) if total else 0.0,

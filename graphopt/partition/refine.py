@@ -47,7 +47,7 @@ class Refiner:
         self.alpha, self.beta = alpha, beta
         self.part = [int(p) for p in part]
         self.is_param = cg.is_param.tolist()
-        self.flops = cg.flops.tolist()
+        self.flops = budget.weight.tolist()       # the balance weight (time or FLOPs)
         self.secs = cg.seconds.tolist()
         self.acts = cg.act_bytes.tolist()
         self.bytes = cg.out_bytes.tolist()
@@ -59,11 +59,13 @@ class Refiner:
         cnt = np.bincount(cg.src * k + parr[cg.dst], minlength=cg.n * k).reshape(cg.n, k)
         self.cnt = cnt
         mv = ~cg.is_param
-        self.F = np.bincount(parr[mv], weights=cg.flops[mv], minlength=k).tolist()
-        self.G = np.bincount(parr[mv], weights=np.where(budget.giant, cg.flops, 0)[mv],
+        self.F = np.bincount(parr[mv], weights=budget.weight[mv], minlength=k).tolist()
+        self.G = np.bincount(parr[mv], weights=np.where(budget.giant, budget.weight, 0)[mv],
                              minlength=k).tolist()
         self.C = np.bincount(parr[mv], weights=cg.seconds[mv], minlength=k).tolist()
         self.A = np.bincount(parr[mv], weights=cg.act_bytes[mv], minlength=k).tolist()
+        # non-parameter nodes per part: no move empties a part (the contract's)
+        self.N = np.bincount(parr[mv], minlength=k).tolist()
         self.P = [0.0] * k
         self.R = [0.0] * k
         self.M = [0] * k
@@ -76,7 +78,7 @@ class Refiner:
                 self.R[r] += self.bytes[u]
                 self.M[r] += 1
                 self.comm += self.bytes[u]
-        self.tol = 1e-9 * max(float(cg.flops.sum()), 1.0)
+        self.tol = budget.tol
 
     # -- internals -------------------------------------------------------------------------------
     def stage_time(self, r: int, C=None, R=None, M=None) -> float:
@@ -147,6 +149,8 @@ class Refiner:
     def feasible(self, v: int, q: int, src, dst, time_limit: float | None,
                  balance_only: bool = False) -> bool:
         p = self.part[v]
+        if self.N[p] <= 1:
+            return False
         f, g = self.flops[v], (self.flops[v] if self.giant[v] else 0)
         Fq, Gq = self.F[q] + f, self.G[q] + g
         if f > 0 and Fq > self.cap(q, Gq) + self.tol:
@@ -187,6 +191,8 @@ class Refiner:
         self.C[q] += self.secs[v]
         self.A[p] -= self.acts[v]
         self.A[q] += self.acts[v]
+        self.N[p] -= 1
+        self.N[q] += 1
         for u in self.pred[self.pptr[v]:self.pptr[v + 1]]:
             self.cnt[u, p] -= 1
             self.cnt[u, q] += 1
@@ -322,7 +328,7 @@ def rebalance(cg: CostGraph, part: np.ndarray, k: int, budget: Budget, *, alpha:
                 continue
             for q in st.targets(v):
                 d, _, _ = st.delta(v, q)
-                moves.append((st.flops[v] == 0, d / max(st.flops[v], 1), v, q))
+                moves.append((st.flops[v] == 0, d / max(st.flops[v], 1e-30), v, q))
         moves.sort()
         applied = 0
         for _, _, v, q in moves:

@@ -23,7 +23,6 @@ Needs: ``meta['val']`` (fake or real tensors) on every node. Used by ``split_ops
 """
 from __future__ import annotations
 
-from collections.abc import Set
 from dataclasses import dataclass, field
 from math import prod
 
@@ -33,91 +32,22 @@ from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from graphopt import op_table
 from graphopt.cost import op_class
+from graphopt.partition.node_args import SHAPE_ARG, get_arg, node_value, rows_shape, set_arg, tensor_args
 
 __all__ = ["row_args", "get_arg", "set_arg", "prefix_args", "prefix_chain", "prefix_bytes",
            "causal_mask", "is_causal_flag", "constant_value", "label_region", "Region",
            "SHAPE_ARG", "ROW_RULES"]
 
 
-class _ShapeArgOps(Set):
-    """Overloads whose argument 1 names the output shape (their row rule says
-    ``out_shape_arg=1``): a block rewrites its row entry. Read from the op table live."""
-
-    def __contains__(self, target):
-        rule = op_table.row_rule(target)
-        return rule is not None and rule.get("out_shape_arg") == 1
-
-    def __iter__(self):
-        for op in op_table.entries():
-            for overload, rule in op.rows.items():
-                target = _resolve(op.name, overload)
-                if rule.get("out_shape_arg") == 1 and target is not None:
-                    yield target
-
-    def __len__(self):
-        return sum(1 for _ in self)
-
-
-def _resolve(name: str, overload: str):
-    ns, _, packet = name.rpartition("::")
-    try:
-        return getattr(getattr(getattr(torch.ops, ns or "aten"), packet), overload)
-    except (AttributeError, RuntimeError):
-        return None
-
-
-SHAPE_ARG = _ShapeArgOps()
 # Rule kinds that decide for themselves whether a call draws random numbers.
 _CHECKS_RANDOMNESS = {"dropout", "attention"}
-
-
-def _val(a):
-    return a.meta.get("val") if isinstance(a, torch.fx.Node) else None
-
-
-def _tensor_args(node: torch.fx.Node) -> list[tuple[int | tuple[int, int], torch.fx.Node]]:
-    """``(index, node)`` of each tensor argument; an element of a list argument (``cat``'s
-    tensors) is indexed ``(argument, position)``."""
-    out = []
-    for i, a in enumerate(node.args):
-        if isinstance(a, (list, tuple)):
-            out += [((i, k), x) for k, x in enumerate(a)
-                    if isinstance(x, torch.fx.Node) and isinstance(_val(x), torch.Tensor)]
-        elif isinstance(a, torch.fx.Node) and _rows_shape(_val(a)) is not None:
-            out.append((i, a))
-    return out
-
-
-def _rows_shape(v) -> torch.Size | None:
-    """The shape a value's rows are read from: a tensor's, or the common rank of a tuple of
-    tensors (``split``'s pieces, which share every dim but the split one)."""
-    if isinstance(v, torch.Tensor):
-        return v.shape
-    if isinstance(v, (list, tuple)) and v and all(isinstance(t, torch.Tensor) for t in v) and \
-            len({t.dim() for t in v}) == 1:
-        return v[0].shape
-    return None
-
-
-def get_arg(args, i):
-    """Argument ``i`` of ``args``: an index, or ``(argument, position)`` inside a list."""
-    return args[i[0]][i[1]] if isinstance(i, tuple) else args[i]
-
-
-def set_arg(args: list, i, value) -> None:
-    """Set argument ``i`` (as :func:`get_arg` reads it) in a mutable ``args`` list."""
-    if isinstance(i, tuple):
-        seq = list(args[i[0]])
-        seq[i[1]] = value
-        args[i[0]] = seq
-    else:
-        args[i] = value
+_val = node_value
 
 
 def _broadcast(node: torch.fx.Node, out: torch.Tensor, d: int) -> dict[int, int | None] | None:
     """Pointwise with broadcasting: arguments align on the right."""
     res: dict[int, int | None] = {}
-    for i, a in _tensor_args(node):
+    for i, a in tensor_args(node):
         v = _val(a)
         pos = d - (out.dim() - v.dim())
         if pos < 0 or v.shape[pos] == 1:
@@ -217,7 +147,7 @@ def _rows_leading(node, out, x, d, trailing=None, trailing_shape_arg=None):
     n = trailing if trailing is not None else len(list(node.args[trailing_shape_arg]))
     if d >= x.dim() - n:
         return None
-    return {i: (d if i == 0 else None) for i, _ in _tensor_args(node)}
+    return {i: (d if i == 0 else None) for i, _ in tensor_args(node)}
 
 
 def _rows_batched_matmul(node, out, x, d):
@@ -372,7 +302,7 @@ def _rows_cat(node, out, x, d):
 
 def _first(v):
     """A tensor's value itself; a tuple of tensors (``split``) by its first piece."""
-    return v[0] if not isinstance(v, torch.Tensor) and _rows_shape(v) is not None else v
+    return v[0] if not isinstance(v, torch.Tensor) and rows_shape(v) is not None else v
 
 
 _LAYOUT = ("view", "injective")   # op classes a prefix may be replayed through after its cat
@@ -422,7 +352,7 @@ def _rows_split(node, out, x, d, dim_arg):
 def _rows_getitem(node, out, x, d):
     """One piece of a tuple whose pieces all carry the rows on the same dim."""
     return {0: d} if isinstance(node.args[0], torch.fx.Node) and \
-        _rows_shape(_val(node.args[0])) is not None else None
+        rows_shape(_val(node.args[0])) is not None else None
 
 
 def _rows_embedding(node, out, x, d):
@@ -530,7 +460,7 @@ def label_region(nodes: list[torch.fx.Node], anchor: torch.fx.Node, dim: int) ->
         reg.args[n.name] = m
         if pre := prefix_args(n, reg.dims[n.name]):
             reg.prefix[n.name] = pre
-        for i, a in _tensor_args(n):
+        for i, a in tensor_args(n):
             j = m.get(i)
             if a.name in inside:
                 if j is None:
@@ -552,7 +482,7 @@ def label_region(nodes: list[torch.fx.Node], anchor: torch.fx.Node, dim: int) ->
                 return None     # a tuple's pieces are taken inside, or it cannot be re-joined
             if u.name not in inside or u.name in reg.dims:
                 continue
-            known = {i: reg.dims[a.name] for i, a in _tensor_args(u) if a.name in reg.dims}
+            known = {i: reg.dims[a.name] for i, a in tensor_args(u) if a.name in reg.dims}
             d = _output_dim(u, known, reg.rows)
             if d is None:
                 return None

@@ -35,28 +35,43 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphopt.cost import DEVICES, LINKS, get_device, get_link
+from graphopt.costmodel.presets import DEVICES, LINKS, default_link
+from graphopt.costmodel.target import CostModel, Target, as_cost_model
 from graphopt.errors import PlanError
 from graphopt.partition.acyclic import guided_order, rank_labels, renumber_topologically, repair
-from graphopt.partition.choose import OBJECTIVES, TIME_SLACK, best_plan, choice_notes
+from graphopt.partition.choose import OBJECTIVES, TIME_SLACK, best_plan, choice_notes, undominated
 from graphopt.partition.costgraph import CostGraph
-from graphopt.partition.dp import Budget, cuts_to_parts, equal_flops_split, make_budget, split_order
+from graphopt.partition.dp import (
+    BALANCE_BY,
+    Budget,
+    balance_weight,
+    cuts_to_parts,
+    equal_flops_split,
+    make_budget,
+    split_order,
+)
+from graphopt.partition.fits import (
+    admissible,
+    every_part_works,
+    fastest,
+    fewest_bytes,
+    guard_pool,
+    least_feasible_eps,
+    memory_error,
+    within_budget,
+    within_memory,
+)
 from graphopt.partition.metis import metis_csr, metis_labels
 from graphopt.partition.metrics import Metrics, compute_metrics
 from graphopt.partition.milp import place, refine_near_boundaries
 from graphopt.partition.refine import rebalance, refine
 
 __all__ = ["PartitionOptions", "Candidate", "SearchResult", "search", "check_early", "MODES",
-           "OBJECTIVES", "TIME_SLACK", "default_link", "ordered_parts", "within_budget"]
+           "OBJECTIVES", "TIME_SLACK", "default_link", "ordered_parts", "within_budget",
+           "within_memory", "BALANCE_BY", "guard_pool", "every_part_works", "admissible",
+           "fewest_bytes", "fastest"]
 
 MODES = ("pipeline", "cut")
-_LINK_FOR = {"h100": "nvlink4", "a100": "nvlink3", "cpu": "loopback"}
-
-
-def default_link(device: str) -> str:
-    return _LINK_FOR.get(str(device).lower(), "pcie4")
-
-
 @dataclass
 class PartitionOptions:
     """What to partition for. ``None`` fields take defaults that scale with the graph.
@@ -64,10 +79,15 @@ class PartitionOptions:
     Attributes:
         k: parts (devices / pipeline stages).
         mode: ``pipeline`` (acyclic, stage-ordered) or ``cut`` (any k-way placement).
-        imbalance: allowed ``max part FLOPs / (total / k) - 1``.
+        imbalance: allowed ``max stage time / (total / k) - 1`` over the stages' predicted
+            compute time (``balance="time"``, the default) or their FLOPs (``"flops"``).
+        balance: what ``imbalance`` bounds: ``time`` (the cost model's predicted seconds of
+            each node, ``CostGraph.seconds``) or ``flops``.
         seed: METIS seed (runs use ``seed``, ``seed + 1``, ...).
         ncuts: METIS' best-of-N cuts per run; tries: METIS runs with different seeds.
-        device, link: cost-model presets for stage times (link defaults by device).
+        device, link: the cost model stages are priced with (a :class:`~graphopt.costmodel.CostModel`
+            or :class:`~graphopt.costmodel.Target` value, or a preset key) and a link key
+            overriding its link.
         microbatches: micro-batches per step, for the estimate and in-flight memory.
         schedule: ``1f1b`` or ``gpipe``: how many micro-batches' activations a stage holds.
         memory_cap: bytes per device (default: the device preset's memory).
@@ -88,7 +108,7 @@ class PartitionOptions:
     seed: int = 0
     ncuts: int | None = None
     tries: int | None = None
-    device: str = "h100"
+    device: CostModel | Target | str = "h100"
     link: str | None = None
     microbatches: int = 8
     schedule: str = "1f1b"
@@ -99,9 +119,22 @@ class PartitionOptions:
     time_budget: float | None = None
     objective: str = "volume"
     milp: bool = True
+    balance: str = "time"
+
+    @property
+    def cost_model(self) -> CostModel:
+        """The cost model stages are priced with: ``device`` (a value, or a preset key) over
+        ``link`` when one is named."""
+        return as_cost_model(self.device, self.link)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        d = {k: v for k, v in self.__dict__.items()}
+        cm = self.cost_model
+        d["device"] = cm.target.key
+        d["link"] = self.link if isinstance(self.link, str) or self.link is None else \
+            cm.target.link_key
+        d["priced_for"] = cm.describe()
+        return d
 
 
 @dataclass
@@ -116,6 +149,7 @@ class Candidate:
     def row(self) -> dict:
         m = self.metrics
         return {"method": self.method, "comm_bytes": m.comm_bytes, "imbalance": m.imbalance,
+                "time_imbalance": m.time_imbalance,
                 "acyclic": m.acyclic, "stage_ordered": m.stage_ordered,
                 "bottleneck_seconds": m.bottleneck_seconds, "seconds": self.seconds}
 
@@ -141,7 +175,7 @@ class SearchResult:
         b = self.budget
         if eps is not None:
             b = make_budget(self.cg, b.k, eps, speeds=b.speeds, mem_cap=b.mem_cap,
-                            inflight=b.inflight)
+                            inflight=b.inflight, by=b.by)
         return within_budget(self.cg, eq.part, eq.metrics, b)
 
 
@@ -154,8 +188,8 @@ def check_early(k, imbalance) -> None:
     hi = max(1.0, k - 1.0)
     if isinstance(imbalance, bool) or not isinstance(imbalance, (int, float)) or \
             not math.isfinite(imbalance) or not 0.0 <= imbalance <= hi:
-        raise PlanError(f"imbalance must be in [0, {hi:g}] for k={k} (max part FLOPs / "
-                        f"(total / k) - 1 cannot exceed k - 1), got {imbalance}")
+        raise PlanError(f"imbalance must be in [0, {hi:g}] for k={k} (the slowest stage over "
+                        f"the mean, minus 1, cannot exceed k - 1), got {imbalance}")
 
 
 def _check(cg: CostGraph, o: PartitionOptions) -> None:
@@ -168,9 +202,9 @@ def _check(cg: CostGraph, o: PartitionOptions) -> None:
         raise PlanError(f"mode must be one of {', '.join(MODES)}, got {o.mode!r}")
     if o.objective not in OBJECTIVES:
         raise PlanError(f"objective must be one of {', '.join(OBJECTIVES)}, got {o.objective!r}")
-    if o.device not in DEVICES:
+    if isinstance(o.device, str) and o.device not in DEVICES:
         raise PlanError(f"unknown device {o.device!r}; known: {', '.join(DEVICES)}")
-    if o.link is not None and o.link not in LINKS:
+    if isinstance(o.link, str) and o.link not in LINKS:
         raise PlanError(f"unknown link {o.link!r}; known: {', '.join(LINKS)}")
     if int(o.microbatches) < 1:
         raise PlanError(f"microbatches must be at least 1, got {o.microbatches}")
@@ -180,15 +214,19 @@ def _check(cg: CostGraph, o: PartitionOptions) -> None:
         raise PlanError(f"speeds needs {o.k} positive numbers, got {o.speeds}")
     if o.memory_cap is not None and not o.memory_cap > 0:
         raise PlanError(f"memory cap must be positive, got {o.memory_cap}")
-    total = cg.total_flops
+    if o.balance not in BALANCE_BY:
+        raise PlanError(f"balance must be one of {', '.join(BALANCE_BY)}, got {o.balance!r}")
+    w, by = balance_weight(cg, o.balance)
+    total = float(w.sum())
     if o.k > 1 and total > 0:
-        heavy = int(np.argmax(np.where(cg.is_param, -1, cg.flops)))
-        share = cg.flops[heavy] / total
+        heavy = int(np.argmax(np.where(cg.is_param, -1, w)))
+        share = w[heavy] / total
         best = share * o.k - 1.0
+        what = "predicted time" if by == "time" else "FLOPs"
         if share > 0.5 and best > o.imbalance:
             raise PlanError(
                 f"cannot balance {o.k} parts: node {cg.names[heavy]!r} alone holds {share:.1%} of "
-                f"the FLOPs, more than all other nodes together; the best achievable imbalance "
+                f"the {what}, more than all other nodes together; the best achievable imbalance "
                 f"is {best:.3g} ({cg.names[heavy]!r} alone in its part): pass --imbalance "
                 f"{math.ceil(best * 1000) / 1000:g} to accept it, or use fewer parts")
 
@@ -205,7 +243,7 @@ class _Run:
 
     def __init__(self, cg: CostGraph, o: PartitionOptions, budget: Budget, deadline: float):
         self.cg, self.o, self.budget, self.deadline = cg, o, budget, deadline
-        link = get_link(o.link or default_link(o.device))
+        link = o.cost_model.link
         self.alpha, self.beta = link.alpha, link.beta
         self.speeds = list(budget.speeds)
         self.cands: list[Candidate] = []
@@ -245,8 +283,16 @@ def _baselines(run: _Run) -> dict[str, Candidate]:
                                     time.perf_counter() - t0)}
     t0 = time.perf_counter()
     ub = out["equal_flops"].metrics.bottleneck_seconds
-    cuts = split_order(cg, order, k, budget=None, alpha=run.alpha, beta=run.beta, time_ub=ub,
+    # the min-max split with no balance asked (a stage may hold all but k - 1 nodes) but
+    # within the memory cap, so that it is a plan the search may keep
+    free = make_budget(cg, k, max(1.0, k - 1.0), speeds=run.budget.speeds,
+                       mem_cap=run.budget.mem_cap, inflight=run.budget.inflight,
+                       by=run.budget.by)
+    cuts = split_order(cg, order, k, budget=free, alpha=run.alpha, beta=run.beta, time_ub=ub,
                        minimize_comm=False, max_candidates=run.max_candidates)
+    if cuts is None:
+        cuts = split_order(cg, order, k, budget=None, alpha=run.alpha, beta=run.beta,
+                           time_ub=ub, minimize_comm=False, max_candidates=run.max_candidates)
     if cuts is not None:
         part = cuts_to_parts(cg, order, cuts)
         out["contiguous_dp"] = Candidate("contiguous_dp", part, run.metrics(part),
@@ -339,55 +385,31 @@ def _cut_candidates(run: _Run, labels: list[np.ndarray]):
         run.add("dp:graph-order", run.refined(cuts_to_parts(cg, cg.movable, cuts), False), start)
 
 
-def within_budget(cg: CostGraph, part: np.ndarray, metrics: Metrics, budget: Budget) -> bool:
-    """Whether a plan keeps every part under its FLOPs cap and the memory cap."""
-    k = budget.k
-    g = np.bincount(part[cg.movable], weights=np.where(budget.giant, cg.flops, 0)[cg.movable],
-                    minlength=k)
-    caps = np.array([budget.cap(s, g[s]) for s in range(k)])
-    f = np.asarray(metrics.part_flops, dtype=np.float64)
-    mem = np.asarray(metrics.part_param_bytes, dtype=np.float64) + \
-        budget.inflight[:k] * np.asarray(metrics.part_act_bytes, dtype=np.float64)
-    return bool(np.all(f <= caps + 1e-9 * max(cg.total_flops, 1))) and \
-        bool(np.all(mem <= budget.mem_cap))
-
-
 def _choose(run: _Run) -> Candidate | None:
-    cands = [c for c in run.cands if within_budget(run.cg, c.part, c.metrics, run.budget)]
-    if run.o.mode == "pipeline":
-        cands = [c for c in cands if c.metrics.stage_ordered or run.o.k == 1]
-        if not cands:
-            return None
-        return best_plan(cands, lambda c: c.metrics, run.o.objective, run.o.time_slack)
+    """The ranking rule's plan among those within the budget, then the guard: no plan the
+    search made (the baselines included) that fits the memory cap may send fewer bytes with a
+    faster slowest stage (:func:`~graphopt.partition.choose.undominated`)."""
+    ordered = [c for c in run.cands if run.o.mode != "pipeline" or c.metrics.stage_ordered
+               or run.o.k == 1]
+    cands = [c for c in ordered if within_budget(run.cg, c.part, c.metrics, run.budget)]
+    # a part holding only parameters is no stage (the contract: every part holds a
+    # non-parameter node); the DP's plans never do that, refinement's and METIS' may
+    cands = [c for c in cands if every_part_works(run.cg, c.part, run.o.k)] or cands
     if not cands:
         return None
-    return min(cands, key=lambda c: (c.metrics.comm_bytes, c.metrics.imbalance))
-
-
-def admissible(result: SearchResult, mode: str) -> list[Candidate]:
-    """The candidates within the budget (and stage-ordered in ``pipeline`` mode)."""
-    return [c for c in result.candidates if within_budget(result.cg, c.part, c.metrics,
-                                                          result.budget)
-            and (mode != "pipeline" or c.metrics.stage_ordered or result.budget.k == 1)]
-
-
-def fewest_bytes(result: SearchResult, mode: str) -> Candidate | None:
-    """The admissible candidate that sends the fewest bytes."""
-    return min(admissible(result, mode), key=lambda c: (c.metrics.comm_bytes,
-                                                       c.metrics.bottleneck_seconds),
-               default=None)
-
-
-def fastest(result: SearchResult, mode: str) -> Candidate | None:
-    """The admissible candidate with the fastest full estimate."""
-    return min(admissible(result, mode), key=lambda c: (c.metrics.bottleneck_seconds,
-                                                       c.metrics.comm_bytes), default=None)
+    if run.o.mode == "pipeline":
+        best = best_plan(cands, lambda c: c.metrics, run.o.objective, run.o.time_slack)
+    else:
+        best = min(cands, key=lambda c: (c.metrics.comm_bytes, c.metrics.imbalance))
+    return undominated(best, guard_pool(run.cg, ordered, run.budget, run.o.mode),
+                       lambda c: c.metrics)
 
 
 def _search_once(cg: CostGraph, o: PartitionOptions, budget: Budget, deadline: float,
                  labels: list[np.ndarray]):
     run = _Run(cg, o, budget, deadline)
     base = _baselines(run)
+    run.cands.extend(base.values())     # the table prints them: they compete like any plan
     _pipeline_candidates(run, base, labels)
     _milp_candidate(run)
     if o.mode == "cut":     # stage-ordered plans are placements too: cut mode never does worse
@@ -406,14 +428,14 @@ def search(cg: CostGraph, o: PartitionOptions) -> SearchResult:
     _check(cg, o)
     k = o.k
     mem_cap = float(o.memory_cap) if o.memory_cap is not None else \
-        float(get_device(o.device).memory)
+        float(o.cost_model.memory)
     nmov = len(cg.movable)
     budget_s = o.time_budget if o.time_budget is not None else \
         (10.0 if nmov <= 5_000 else 0.5 if nmov <= 50_000 else 1.0)
     deadline = start + budget_s
     if k == 1:
         budget = make_budget(cg, 1, o.imbalance, speeds=o.speeds, mem_cap=mem_cap,
-                             inflight=_inflight(o))
+                             inflight=_inflight(o), by=o.balance)
         run = _Run(cg, o, budget, deadline)
         part = cg.param_parts(np.zeros(cg.n, dtype=np.int64), 1)
         c = run.add("single", part, start)
@@ -421,27 +443,35 @@ def search(cg: CostGraph, o: PartitionOptions) -> SearchResult:
                             o.imbalance, seconds=time.perf_counter() - start, cg=cg)
     ncuts = o.ncuts if o.ncuts is not None else (4 if nmov <= 50_000 else 1)
     tries = o.tries if o.tries is not None else (2 if nmov <= 50_000 else 1)
-    csr = metis_csr(cg)
+    csr = metis_csr(cg, balance_weight(cg, o.balance)[0])
     labels = [metis_labels(cg, k, seed=o.seed + t, ncuts=ncuts, eps=o.imbalance,
                            speeds=o.speeds, csr=csr) for t in range(tries)]
     notes: list[str] = []
     eps = o.imbalance
     inflight = _inflight(o)
-    budget = make_budget(cg, k, eps, speeds=o.speeds, mem_cap=mem_cap, inflight=inflight)
+    budget = make_budget(cg, k, eps, speeds=o.speeds, mem_cap=mem_cap, inflight=inflight,
+                             by=o.balance)
     run, base, best = _search_once(cg, o, budget, deadline, labels)
     if best is None:
-        eps = _least_feasible_eps(cg, o, eps, mem_cap, inflight, run)
+        eps = least_feasible_eps(cg, o, eps, mem_cap, inflight, run.alpha, run.beta)
         if eps is None:
-            _memory_error(cg, o, mem_cap, inflight, run)
+            memory_error(cg, o, mem_cap, inflight, run.alpha, run.beta)
             raise PlanError(f"no {o.mode} plan found for k={k}")
-        budget = make_budget(cg, k, eps, speeds=o.speeds, mem_cap=mem_cap, inflight=inflight)
+        budget = make_budget(cg, k, eps, speeds=o.speeds, mem_cap=mem_cap, inflight=inflight,
+                             by=o.balance)
         run, base, best = _search_once(cg, o, budget, deadline, labels)
         if best is None:
             raise PlanError(f"no {o.mode} plan found for k={k}")
     notes.extend(budget.notes)
+    if not within_budget(cg, best.part, best.metrics, budget):
+        notes.append(f"kept {best.method} outside the balance tolerance (time imbalance "
+                     f"{best.metrics.time_imbalance:.1%}, FLOPs imbalance "
+                     f"{best.metrics.imbalance:.1%}): it sends fewer bytes and its slowest stage "
+                     "is faster than the plan the ranking rule kept within it")
     if eps > o.imbalance:
         why = "node granularity" + (" and memory cap" if o.memory_cap is not None else "")
-        notes.append(f"no plan balances the FLOPs within {o.imbalance:.1%} at this {why}; "
+        what = "predicted time" if budget.by == "time" else "FLOPs"
+        notes.append(f"no plan balances the {what} within {o.imbalance:.1%} at this {why}; "
                      f"the plan keeps every part within {eps:.1%} of its share")
     res = SearchResult(best, base, run.cands, budget, eps, notes, cg=cg)
     few, quick = fewest_bytes(res, o.mode), fastest(res, o.mode)
@@ -449,41 +479,10 @@ def search(cg: CostGraph, o: PartitionOptions) -> SearchResult:
                               base["equal_flops"].metrics, objective=o.objective,
                               time_slack=o.time_slack, imbalance=eps,
                               equal_admissible=res.equal_admissible(),
-                              fastest=quick.metrics if quick else None)
+                              fastest=quick.metrics if quick else None,
+                              balance=budget.by)
     res.seconds = time.perf_counter() - start
     return res
-
-
-def _least_feasible_eps(cg, o, eps, mem_cap, inflight, run) -> float | None:
-    """Smallest tolerance (to 1% of the share) at which the graph order has a contiguous split."""
-    def ok(e):
-        b = make_budget(cg, o.k, e, speeds=o.speeds, mem_cap=mem_cap, inflight=inflight)
-        return split_order(cg, cg.movable, o.k, budget=b, alpha=run.alpha, beta=run.beta,
-                           minimize_comm=False) is not None
-    hi = max(1.0, o.k - 1.0)
-    if not ok(hi):
-        return None
-    lo = eps
-    while hi - lo > 0.01:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-    return hi
-
-
-def _memory_error(cg, o, mem_cap, inflight, run) -> None:
-    """Raise the memory-cap PlanError when a plan exists without the cap."""
-    if not np.isfinite(mem_cap):
-        return
-    free = make_budget(cg, o.k, max(1.0, o.k - 1.0), speeds=o.speeds, inflight=inflight)
-    cuts = split_order(cg, cg.movable, o.k, budget=free, alpha=run.alpha, beta=run.beta)
-    if cuts is None:
-        return
-    m = run.metrics(cuts_to_parts(cg, cg.movable, cuts))
-    need = max(p + a * f for p, a, f in zip(m.part_param_bytes, m.part_act_bytes, inflight))
-    raise PlanError(f"no {o.mode} plan fits the memory cap of {mem_cap:.4g} bytes per device "
-                    f"(parameters + activations of {int(max(inflight))} micro-batches in flight); "
-                    f"a plan ignoring the cap needs {need:.4g}: raise the cap, use more parts or "
-                    "fewer micro-batches")
 
 
 def ordered_parts(cg: CostGraph, part: np.ndarray, k: int) -> np.ndarray:

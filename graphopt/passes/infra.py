@@ -20,11 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphopt.errors import GraphoptError
 from graphopt.graph import Graph
 from graphopt.passes.options import OptionError, build_options, validate_options
+
+if TYPE_CHECKING:
+    from graphopt.costmodel import CostModel
 
 __all__ = ["PassResult", "PassContext", "PassRecord", "PassInfo", "Instrument", "TimingInstrument",
            "DumpInstrument", "LogInstrument", "debug_level", "PassManager", "PassError",
@@ -158,6 +161,11 @@ def _env_instruments() -> list:
 class PassContext:
     """Everything a pass may consult besides the graph: options, seed, device, instruments.
 
+    ``device`` is what the passes that price nodes (partitioning, remat, fusion) price them for:
+    a :class:`graphopt.costmodel.CostModel` value (what the CLI builds from ``--device`` or
+    ``--device-spec`` and hands down), or a preset's name (``"h100"``, ``"cpu"``), which those
+    passes turn into one.
+
     ``options`` is one flat dict for every pass of a run; it is validated when the context is
     built (an unknown key or a value of the wrong type raises :class:`OptionError` naming the
     pass and its keys), and a pass reads its own typed view with :meth:`options_for`.
@@ -169,7 +177,7 @@ class PassContext:
 
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
-    device: str = "h100"
+    device: CostModel | str = "h100"     # a cost model, or a preset's name (see above)
     instruments: list[Instrument] = field(default_factory=_env_instruments)
     disabled: set[str] = field(default_factory=set)
     history: list[PassRecord] = field(default_factory=list)

@@ -1,5 +1,5 @@
 """Cut nodes so a pipeline stage boundary can land inside them (the rewrite is
-:mod:`graphopt.partition.cut_rewrite`; where to cut, :func:`graphopt.partition.split_plan.plan_splits`).
+:mod:`graphopt.partition.cut_rewrite`; where to cut, :func:`graphopt.partition.cut_plan.plan_cuts`).
 
 Options (:class:`SplitOpsOptions`): ``split``: ``rows`` (default), ``nodes`` or ``off``; ``k``
 (required), ``imbalance`` and ``speeds`` as for ``partition_graph``, which also runs this
@@ -15,8 +15,8 @@ from typing import Literal
 
 from graphopt.errors import PlanError
 from graphopt.graph import Graph
-from graphopt.partition.cut_rewrite import apply_splits
-from graphopt.partition.split_plan import plan_splits
+from graphopt.partition.cut_plan import plan_cuts
+from graphopt.partition.cut_rewrite import apply_cuts
 from graphopt.passes.infra import PassContext, PassResult, register_pass
 
 __all__ = ["split_ops"]
@@ -42,8 +42,8 @@ def split_ops(graph: Graph, ctx: PassContext) -> PassResult:
     if opts.k is None:
         raise PlanError("split_ops needs options['k'], the number of parts")
     strategy = "rows" if opts.split == "auto" else opts.split
-    cuts = plan_splits(graph, opts.k, opts.imbalance, opts.speeds, strategy, device=ctx.device)
-    done = apply_splits(graph, cuts)
+    cuts = plan_cuts(graph, opts.k, opts.imbalance, opts.speeds, strategy, device=ctx.device)
+    done = apply_cuts(graph, cuts)
     if not done:
         return PassResult(graph, False, {"split": 0})
     ctx.artifacts.setdefault("split_ops", {}).update(done)

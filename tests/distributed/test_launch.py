@@ -5,8 +5,8 @@ import time
 import pytest
 from train_models import job_for, prepared
 
-from graphopt.distributed.launch import WorkerError, run_workers
 from graphopt.distributed.trainer import run_job
+from graphopt.launch import WorkerError, run_workers
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,17 @@
 import torch
 from train_models import plan_from_cuts, prepared
 
-from graphopt.distributed.lowering import RelayStage, _restride, lower, relay_bytes, tied_parameters
-from graphopt.distributed.schedule import placement
+from graphopt.capture import capture
+from graphopt.distributed.lowering import (
+    RelayStage,
+    _restride,
+    lower,
+    relay_bytes,
+    tied_parameters,
+    unused_parameters,
+)
+from graphopt.partition.stages import split_graph
+from graphopt.schedules import placement
 
 
 def _chain(lowered, flat):
@@ -41,7 +50,6 @@ def test_relayed_stages_equal_the_graph_forward_and_backward():
     for prog in low.programs:
         prog.module.zero_grad(set_to_none=True)
     graph.gm.zero_grad(set_to_none=True)
-    from graphopt.partition.stages import split_graph
     whole = RelayStage(lower(split_graph(graph, {n: 0 for n in graph.info}, 1), graph).programs[0])
     whole(x)[0].square().sum().backward()
     for n, p in whole.inner.named_parameters():
@@ -82,3 +90,31 @@ def test_received_tensors_get_back_their_captured_strides():
     back = _restride(dense, t.stride())
     assert back.stride() == t.stride() and torch.equal(back, t)
     assert _restride(dense, dense.stride()) is dense
+
+
+class _Detached(torch.nn.Module):
+    """``b`` feeds only a detached output; ``c`` only the second output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x):
+        h = self.a(x)
+        return h.sum(), self.b(h).detach() + 1, self.c(x)
+
+
+def test_unused_parameters_follow_the_loss_back_through_the_stages():
+    graph = capture(_Detached(), (torch.randn(2, 4),), name="detached")
+    low = lower(split_graph(graph, {n: 0 for n in graph.info}, 1), graph)
+    flat = [name for name in low.programs[0].carry_out for _ in low.programs[0].specs[name]]
+    assert len(flat) == 3
+    # The loss is output 0 (the sum): b feeds a detached value and c another output.
+    unused = unused_parameters(low, [0])[0]
+    assert unused == {t for t in unused if t.startswith(("b", "c"))} and len(unused) == 4
+    # Training on outputs 0 and 2 reaches c too; b never gets a gradient.
+    assert {t[0] for t in unused_parameters(low, [0, 2])[0]} == {"b"}
+    # Across stages: the skip plan of the resmlp tests uses every weight.
+    prep, plan = _skip_plan()
+    low = lower(plan.split(prep.graph), prep.graph)
+    assert unused_parameters(low, [0]) == {0: set(), 1: set(), 2: set()}

@@ -19,6 +19,9 @@ def four_ranks():
         "gpt2-fsdp-gpipe": job_for(prepared("gpt2"), config={
             "pp": 2, "dp": 2, "schedule": "gpipe", "microbatches": 2, "dp_wrapper": "fsdp",
             "momentum": 0.9}),
+        # DDP's hooks never see zero-bubble's weight-gradient pass: the worker averages instead
+        "resmlp-ddp-zero-bubble": job_for(prepared("resmlp"), config={
+            "pp": 2, "dp": 2, "schedule": "zero-bubble", "microbatches": 2, "momentum": 0.9}),
     }
     runs = run_jobs([b[0] for b in built.values()])
     return {key: (*b, run) for (key, b), run in zip(built.items(), runs)}
@@ -40,3 +43,11 @@ def test_fsdp_keeps_tied_gpt2_weights_in_sync(four_ranks):
     assert job.tied
     (s0, n0), (s1, n1) = job.tied[0]
     assert (run.params[s0][n0] - run.params[s1][n1]).abs().max() == 0
+
+
+def test_zero_bubble_under_ddp_matches_single_process(four_ranks):
+    job, _, ref, run = four_ranks["resmlp-ddp-zero-bubble"]
+    assert job.config.dp_wrapper == "ddp" and job.config.placement == [0, 1, 1, 0]
+    result = check(run, ref)
+    assert result["ok"], result
+    assert {r["dp_rank"] for r in run.ranks} == {0, 1}

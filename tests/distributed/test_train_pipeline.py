@@ -154,7 +154,18 @@ def test_the_direct_lowering_sends_each_value_once_per_consumer(three_ranks):
     job, info, _, _ = three_ranks["gpt2-gpipe-direct"]
     p = job.lowered.programs
     assert job.lowered.lowering == "direct"
-    assert "labels" in p[0].carry_out and "labels" not in p[1].carry_in   # 0 -> 2, not relayed
-    assert "labels" in p[2].carry_in
-    relayed, _, _, _ = three_ranks["gpt2-gpipe"]
-    assert "labels" in relayed.lowered.programs[1].carry_in
+    made = {v: 0 for v in p[0].carry_in}
+    for q in p:
+        for v in q.produces:
+            made.setdefault(v, q.index)
+    for q in p[1:-1]:
+        assert set(q.carry_out) <= set(q.produces)           # nothing passes through a stage
+    for q in p[1:]:
+        for v in q.carry_in:                                  # each comes from where it is made
+            assert v in p[made[v]].carry_out and made[v] < q.index
+    # the resmlp skip plan: block 0's output goes to stages 1 and 2, one send each; relayed,
+    # stage 1 passes it on
+    skip = three_ranks["skip-gpipe-direct"][0].lowered.programs
+    assert "add" in skip[0].carry_out and "add" in skip[1].carry_in and "add" in skip[2].carry_in
+    assert "add" not in skip[1].carry_out
+    assert "add" in three_ranks["skip-1f1b"][0].lowered.programs[1].carry_out

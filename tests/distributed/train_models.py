@@ -9,9 +9,9 @@ from torch import nn
 
 from graphopt.distributed.job import TrainConfig
 from graphopt.distributed.reference import compare_runs, reference_training
-from graphopt.distributed.trainer import make_job, prepare_model
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.plan import Partition
+from graphopt.planner.training import make_job, prepare_model
 from graphopt.specs import load_spec
 from graphopt.zoo import ResidualMLP
 
@@ -92,7 +92,7 @@ def job_for(prep, **cfg):
 
     The reference depends on the data, the optimizer and how many micro-batches a step
     averages, not on the pipeline: configurations that differ only there share one."""
-    config = TrainConfig(**{"steps": 2, "timeout_s": 240.0, **cfg.pop("config", {})})
+    config = TrainConfig.of(**{"steps": 2, "timeout_s": 240.0, **cfg.pop("config", {})})
     plan = cfg.pop("plan", None)
     job, info = make_job(prep, config, plan=plan, **cfg)
     key = (id(prep), config.optimizer, config.lr, config.momentum, config.weight_decay,
@@ -110,7 +110,7 @@ def prepared(name: str):
     """``name`` captured at its micro-batch size (batch / 4), once per test run: every
     configuration here uses microbatches x dp = 4, so they share the graph."""
     if name not in _PREPARED:
-        _PREPARED[name] = prepare_model(load(name), TrainConfig(pp=1, microbatches=4))
+        _PREPARED[name] = prepare_model(load(name), TrainConfig.of(pp=1, microbatches=4))
     return _PREPARED[name]
 
 

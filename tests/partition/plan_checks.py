@@ -43,5 +43,18 @@ def check_document(data: dict) -> dict:
     assert s["part_flops"] == flops
     assert s["part_param_bytes"] == [sum(by[u]["out_bytes"] for u in held[p]) for p in range(k)]
     assert abs(s["imbalance"] - imbalance) <= 1e-9
+    # time_imbalance: the same over the stages' predicted seconds (each over its speed)
+    raw = [0.0] * k
+    for n in nodes:
+        if not n["is_param"]:
+            raw[n["part"]] += n.get("seconds", 0.0)
+    speeds = (data.get("options") or {}).get("speeds") or [1.0] * k
+    ideal = sum(raw) / sum(speeds)
+    if ideal > 0:
+        want = max(r / sp for r, sp in zip(raw, speeds)) / ideal - 1
+        assert abs(s["time_imbalance"] - want) <= 1e-6 * max(1.0, abs(want))
+    # every part holds at least one non-parameter node
+    assert {n["part"] for n in nodes if not n["is_param"]} == set(range(k)), \
+        "a part holds only parameters"
     assert s["acyclic"] is acyclic
     return {"comm_bytes": comm, "imbalance": imbalance, "part_flops": flops}

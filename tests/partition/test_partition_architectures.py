@@ -57,9 +57,10 @@ def test_plan_holds_the_contract_and_its_stages_equal_eager(name):
     result = partition_graph(graph, ctx)
     check_invariants(result.graph)
     plan = ctx.artifacts["partition"]
-    got = check_document(plan.to_dict())
-    assert got["imbalance"] <= plan.options["imbalance_used"] + 1e-9 or \
-        any("alone holds" in n for n in plan.notes)
+    check_document(plan.to_dict())
+    # stages balance predicted time: the tolerance bounds the time imbalance
+    assert plan.summary()["time_imbalance"] <= plan.options["imbalance_used"] + 1e-9 or \
+        any("alone holds" in n or "its slowest stage is faster" in n for n in plan.notes)
     stages = plan.split(result.graph)
     fresh = _fresh(inputs, seed=1)
     with torch.no_grad():

@@ -56,10 +56,14 @@ def test_notes_give_both_plans_numbers():
     fewest = _m(100_000, full_us=150.0, work_us=120.0)
     equal = _m(300_000, full_us=110.0, work_us=90.0, imbalance=0.12)
     notes = choice_notes(kept, fewest, equal, objective="volume", time_slack=0.1,
-                         imbalance=0.03, equal_admissible=False)
+                         imbalance=0.03, equal_admissible=False, balance="flops")
     assert len(notes) == 2
     assert "100,000 B" in notes[0] and "400,000 B" in notes[0] and "150.0 us" in notes[0]
-    assert "300,000 B" in notes[1] and "12.0% out of balance" in notes[1]
+    assert "300,000 B" in notes[1] and "FLOPs imbalance is 12.0%" in notes[1]
+    equal.time_imbalance, kept.time_imbalance = 0.25, 0.01
+    notes = choice_notes(kept, fewest, equal, objective="volume", time_slack=0.1,
+                         imbalance=0.03, equal_admissible=False)
+    assert "time imbalance is 25.0%" in notes[1] and "this plan's is 1.0%" in notes[1]
     assert choice_notes(kept, kept, _m(500_000, 90.0, 60.0), objective="volume",
                         time_slack=0.1, imbalance=0.03, equal_admissible=True) == []
 

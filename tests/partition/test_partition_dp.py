@@ -19,9 +19,9 @@ def _feasible(cg, order, cuts, budget, m):
         seg = order[cuts[s]:cuts[s + 1]]
         if not cg.is_compute[seg].any():
             return False
-        f = cg.flops[seg].sum()
-        g = cg.flops[seg][budget.giant[seg]].sum()
-        if f > (1 + budget.eps) * max(budget.target[s], g) + 1e-9:
+        f = budget.weight[seg].sum()     # the balance weight: predicted seconds by default
+        g = budget.weight[seg][budget.giant[seg]].sum()
+        if f > (1 + budget.eps) * max(budget.target[s], g) + budget.tol:
             return False
         if m.part_param_bytes[s] + budget.inflight[s] * m.part_act_bytes[s] > budget.mem_cap:
             return False

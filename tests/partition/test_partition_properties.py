@@ -21,7 +21,7 @@ from graphopt.partition.floor import any_order_floor, contiguous_floor
 from graphopt.partition.metrics import compute_metrics
 from graphopt.partition.milp import refine_near_boundaries
 from graphopt.partition.plan import Partition
-from graphopt.partition.search import PartitionOptions, search
+from graphopt.partition.search import PartitionOptions, search, within_budget
 
 
 def _plan(cg, k, imbalance, mode="pipeline"):
@@ -84,13 +84,13 @@ def _brute(cg, k, eps, contiguous):
         part[mov] = labels
         part = cg.param_parts(part, k)
         m = compute_metrics(cg, part, k)
+        # the caps bound the balance weight (predicted seconds by default), as in the DP
+        weights, giant = budget.part_weights(part)
         if contiguous:
-            giant = [int(cg.flops[mov][(np.array(labels) == q) & budget.giant[mov]].sum())
-                     for q in range(k)]
             caps = [budget.cap(q, giant[q]) for q in range(k)]
         else:
             caps = [budget.loose_cap(q) for q in range(k)]
-        if m.stage_ordered and all(f <= c + 1e-9 for f, c in zip(m.part_flops, caps)):
+        if m.stage_ordered and all(f <= c + budget.tol for f, c in zip(weights, caps)):
             if contiguous and any(cg.is_compute[mov][np.array(labels) == q].sum() == 0
                                   for q in range(k)):
                 continue
@@ -120,14 +120,17 @@ def test_plans_never_beat_the_any_order_floor_and_milp_refinement_never_worsens(
     res, plan = _plan(cg, k, 0.2)
     m = plan.metrics()
     exact = any_order_floor(cg, k, res.eps_used)
-    if exact is not None:
+    # the floor bounds the plans within the balance; one outside it (kept for fewer bytes and
+    # a faster slowest stage) may go below
+    if exact is not None and within_budget(cg, res.best.part, res.best.metrics, res.budget):
         assert m.comm_bytes >= exact[0] - 1e-6
     ref = refine_near_boundaries(cg, res.best.part, k, res.budget, hops=3)
     if ref is not None and ref.part is not None:
         after = compute_metrics(cg, ref.part, k)
         assert after.stage_ordered and after.comm_bytes <= m.comm_bytes
         caps = [res.budget.loose_cap(q) for q in range(k)]
-        assert all(f <= c + 1e-9 for f, c in zip(after.part_flops, caps))
+        weights = res.budget.part_weights(ref.part)[0]
+        assert all(f <= c + res.budget.tol for f, c in zip(weights, caps))
 
 
 def test_a_parameter_feeding_only_a_constant_gets_a_part():

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 import graphopt
-from graphopt.partition.cut_rewrite import apply_splits
+from graphopt.partition.cut_plan import Cut
+from graphopt.partition.cut_rewrite import apply_cuts
 from graphopt.partition.rowwise import causal_mask, label_region, prefix_args, row_args
-from graphopt.partition.split_plan import Cut
 from graphopt.passes import check_invariants
 
 
@@ -153,7 +153,7 @@ def test_random_row_wise_chains_cut_into_blocks_equal_eager(ops, batch, tokens, 
     assert reg is not None, f"a chain of row-wise ops was refused: {ops}"
     cuts = sorted({min(max(round(f * tokens), 1), tokens - 1) for f in fracs})
     split = graph.copy()
-    apply_splits(split, [Cut([n.name for n in nodes], cuts, reg)])
+    apply_cuts(split, [Cut([n.name for n in nodes], cuts, reg)])
     check_invariants(split)
     assert sum(1 for i in split.nodes() if i.target == "aten.cat.default") >= 1
     x = torch.randn(batch, tokens, d)
@@ -233,7 +233,7 @@ def test_causal_layers_cut_into_token_blocks_equal_eager(tokens, batch, window, 
     assert len(reg.prefix) == 2 and all(set(p) == mask_args for p in reg.prefix.values())
     cuts = sorted({min(max(round(f * tokens), 1), tokens - 1) for f in fracs})
     split = graph.copy()
-    apply_splits(split, [Cut([n.name for n in nodes], cuts, reg)])
+    apply_cuts(split, [Cut([n.name for n in nodes], cuts, reg)])
     check_invariants(split)
     x = torch.randn(batch, tokens, 16)
     with torch.no_grad():
@@ -245,7 +245,7 @@ def test_a_block_joins_grouped_keys_before_they_are_repeated():
     boundary between blocks sends the smaller tensor."""
     graph, nodes, reg = _causal_region(_CausalLayer(), torch.randn(1, 8, 16))
     split = graph.copy()
-    apply_splits(split, [Cut([n.name for n in nodes], [3], reg)])
+    apply_cuts(split, [Cut([n.name for n in nodes], [3], reg)])
     tokens_cats = [n for n in split.fx_nodes() if n.target == torch.ops.aten.cat.default and
                    n.meta["val"].dim() >= 4 and n.args[1] % n.meta["val"].dim() !=
                    n.meta["val"].dim() - 1]      # not rotate_half's cat of feature halves
@@ -278,7 +278,7 @@ def test_is_causal_blocks_get_explicit_constant_masks():
     graph, nodes, reg = _causal_region(model, torch.randn(2, 11, 16))
     assert reg is not None and len(reg.prefix) == 2
     split = graph.copy()
-    apply_splits(split, [Cut([n.name for n in nodes], [3, 7], reg)])
+    apply_cuts(split, [Cut([n.name for n in nodes], [3, 7], reg)])
     check_invariants(split)
     sdpa = [n for n in split.fx_nodes()
             if n.target == torch.ops.aten.scaled_dot_product_attention.default]

@@ -30,7 +30,8 @@ import torch
 import torch.fx
 
 from graphopt import op_table
-from graphopt.cost import DeviceSpec, OpClass, get_device, roofline_seconds, tensor_bytes
+from graphopt.cost import OpClass, tensor_bytes
+from graphopt.costmodel.target import CostModel, as_cost_model
 from graphopt.memory.liveness import analyze, profile
 from graphopt.memory.remat.problem import _HOLDABLE, RematProblem
 
@@ -108,9 +109,11 @@ def _is_view_op(node: torch.fx.Node) -> bool:
     return isinstance(node.target, torch._ops.OpOverload) and op_table.aliases(node.target)
 
 
-def recompute_cost(info, device: DeviceSpec | str | None = "h100", metric: str = "time",
+def recompute_cost(info, device: CostModel | str | None = "h100", metric: str = "time",
                    fused_pointwise: bool = True) -> float:
-    """The cost of recomputing one node: roofline seconds, or FLOPs with ``metric="flops"``.
+    """The cost of recomputing one node: its forward seconds as the cost model prices them
+    (``device``: a :class:`~graphopt.costmodel.CostModel`, a target or a preset key), or FLOPs
+    with ``metric="flops"``.
 
     With ``fused_pointwise`` an elementwise op is charged its arithmetic only: recomputed
     pointwise ops fuse into their consumer, so they add no launch and no memory traffic.
@@ -119,11 +122,10 @@ def recompute_cost(info, device: DeviceSpec | str | None = "h100", metric: str =
         return 0.0
     if metric == "flops":
         return float(info.flops)
-    spec = get_device(device or "h100")
+    cm = as_cost_model(device or "h100")
     if fused_pointwise and info.op_class == OpClass.ELEMENTWISE:
-        return info.flops / spec.vector_flops  # no launch, no traffic: it rides its consumer
-    return roofline_seconds(info.flops, info.bytes_read + info.bytes_written, info.op_class,
-                            info.dtype or "float32", spec)
+        return info.flops / cm.spec.vector_flops  # no launch, no traffic: it rides its consumer
+    return cm.node_seconds(info)
 
 
 def is_free(info, fused_pointwise: bool) -> bool:
@@ -150,6 +152,7 @@ def build_problem(graph, *, device="h100", metric: str = "time", fused_pointwise
         num_fwd_outputs: how many leading outputs are forward outputs; backward outputs that
             are forward values count as uses at a last stage (the output node).
     """
+    device = as_cost_model(device or "h100")
     gm = graph.gm
     forward = forward_region(gm)
     nodes = [n for n in gm.graph.nodes]

@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphopt.errors import PlanError
+from graphopt.errors import PlanError, SizeError
+from graphopt.parallel import MemoryBudget
 
 __all__ = ["RematProblem", "Evaluation", "Solution", "evaluate", "resolve_budget", "KINDS",
            "NONE", "SAVED", "RECOMPUTED"]
@@ -408,23 +409,18 @@ def _stage_peak(p: RematProblem, q: list[int], keep: set[int]) -> int:
     return peak
 
 
-def resolve_budget(budget: float | int, baseline_saved: int) -> int:
-    """A float in (0, 1] is a fraction of ``baseline_saved``, the activation bytes the plan
-    without paid recomputation holds for the backward pass (its held peak: see
-    :func:`graphopt.memory.remat.baseline.baseline_held`); an int is bytes.
+def resolve_budget(budget, baseline_saved: int) -> int:
+    """The budget in bytes: a fraction in (0, 1] of ``baseline_saved``, the activation bytes the
+    plan without paid recomputation holds for the backward pass (its held peak: see
+    :func:`graphopt.memory.remat.baseline.baseline_held`), or bytes. ``budget`` is a
+    :class:`~graphopt.parallel.MemoryBudget` or what its ``parse`` reads (a float is a fraction,
+    an int bytes); a bad one raises :class:`PlanError` with ``MemoryBudget``'s one line.
 
     Example:
         >>> resolve_budget(0.5, 1000), resolve_budget(300, 1000)
         (500, 300)
     """
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise PlanError(f"memory budget must be a float in (0, 1] or an int of bytes, "
-                        f"got {budget!r}")
-    if isinstance(budget, float):
-        if not 0.0 < budget <= 1.0:
-            raise PlanError(f"memory budget {budget} is a fraction and must lie in (0, 1]; "
-                            "pass an int for bytes")
-        return int(budget * baseline_saved)
-    if budget <= 0:
-        raise PlanError(f"memory budget {budget} bytes must be positive")
-    return int(budget)
+    try:
+        return MemoryBudget.parse(budget, option="memory budget").bytes_of(baseline_saved)
+    except SizeError as exc:
+        raise PlanError(str(exc)) from None

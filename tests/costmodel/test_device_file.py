@@ -5,16 +5,15 @@ import json
 import pytest
 import torch
 
-from graphopt.cost import roofline_seconds
-from graphopt.device_spec import (
+from graphopt.costmodel.device import roofline_seconds
+from graphopt.costmodel.device_file import (
     SCHEMA,
     DeviceSpecError,
     load_device_spec,
-    matmul_rate,
-    node_seconds,
     save_device_spec,
     spec_from_dict,
 )
+from graphopt.costmodel.node_time import matmul_rate, node_seconds
 from graphopt.errors import GraphoptError
 
 

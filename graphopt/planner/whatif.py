@@ -5,7 +5,7 @@ Two views, each a table (in ``parallel.json``'s ``what_if``) and a picture:
 * **sync**: ring all-reduce against a parameter server for this model's gradient bytes (and
   0.01x to 10x of it) as the number of workers and the link vary: the link measured by the
   device spec beside NVLink 4, PCIe 4 and 100 Gb/s Ethernet presets
-  (:func:`graphopt.distributed.whatif.sync_table`);
+  (:func:`graphopt.planner.sync_tables.sync_table`);
 * **scaling**: throughput over N = 1, 2, 4, ... up to the planned devices, for the planner's best
   configuration at each N and for plain data parallelism (``dp = N``), predicted and, with
   ``measure``, trained on this host; each curve fitted with ``C(N) = C(1) + k(N − 1)``.
@@ -18,23 +18,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graphopt.cost import LINKS
-from graphopt.distributed.planner import (
-    Config,
+from graphopt.costmodel.presets import LINKS
+from graphopt.errors import GraphoptError
+from graphopt.parallel import ParallelConfig
+from graphopt.planner.measure import measure as run_measure
+from graphopt.planner.predict import (
     NoConfigurationFits,
     default_memory,
     links_of,
     plan_parallel,
     predict,
 )
-from graphopt.distributed.whatif import (
+from graphopt.planner.sync_tables import (
     fit_linear_scalability,
     plot_scaling,
     plot_sync,
     sync_summary,
     sync_table,
 )
-from graphopt.errors import GraphoptError
 
 __all__ = ["what_if", "scaling_ns", "PRESET_LINKS"]
 
@@ -51,10 +52,9 @@ def scaling_ns(devices: int) -> list[int]:
 
 
 def _sync_view(costs) -> tuple[list[dict], list[dict]]:
-    from graphopt.partition.search import default_link
     _, ring = links_of(costs)
     mine = "this host (measured)" if costs.spec.allreduce_link is not None else \
-        (costs.link or default_link(costs.device))
+        costs.cost_model.target.link_key
     links = {mine: ring}
     links.update({k: LINKS[k] for k in PRESET_LINKS})
     rows = sync_table(costs.grad_bytes, links)
@@ -63,7 +63,6 @@ def _sync_view(costs) -> tuple[list[dict], list[dict]]:
 
 def _scaling_view(costs, devices: int, *, cap, plan_kwargs: dict, measure: bool, steps: int,
                   timeout_s: float, notes: list[str]) -> dict:
-    from graphopt.distributed.plan_measure import measure as run_measure
     curves: dict[str, list] = {"best, predicted": [], "dp only, predicted": []}
     chosen: dict[int, object] = {}
     plain: dict[int, object] = {}
@@ -78,7 +77,7 @@ def _scaling_view(costs, devices: int, *, cap, plan_kwargs: dict, measure: bool,
         chosen[n] = best
         curves["best, predicted"].append([n, costs.batch / best.predicted_step_seconds])
         if costs.batch % n == 0:
-            dp_only = predict(costs, Config(dp=n, pp=1, schedule="1f1b", microbatches=1))
+            dp_only = predict(costs, ParallelConfig(dp=n, microbatches=1))
             if dp_only.memory_per_device_bytes <= mem:
                 plain[n] = dp_only
                 curves["dp only, predicted"].append(

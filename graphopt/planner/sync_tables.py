@@ -8,8 +8,8 @@
 | ring all-reduce | ``2(n−1)(α + (m/n)β)`` | ``4(n−1)m/n`` | ``4(n−1)m/n`` (every rank alike) |
 | parameter server, ``S`` shards | ``2·max(Sα + mβ, nα + (nm/S)β)`` | ``2m`` | ``2nm/S`` (a server) |
 
-(the times are :func:`~graphopt.distributed.simulate.ring_allreduce_seconds` and
-:func:`~graphopt.distributed.simulate.parameter_server_seconds`). A ring worker moves less than
+(the times are :func:`~graphopt.costmodel.collectives.ring_allreduce_seconds` and
+:func:`~graphopt.costmodel.collectives.parameter_server_seconds`). A ring worker moves less than
 twice what a parameter-server worker does, whatever ``n``, while one server's link carries all
 ``n`` workers' gradients: on this model the ring is faster at every ``n >= 2``, link and size,
 by ``n(α + mβ) / ((n−1)(α + mβ/n))``: 2 to 4 at ``n = 2``, then growing like ``n`` where the
@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from graphopt.distributed.simulate import parameter_server_seconds, ring_allreduce_seconds
+from graphopt.costmodel.collectives import parameter_server_seconds, ring_allreduce_seconds
 from graphopt.errors import GraphoptError
 
 __all__ = ["sync_bytes", "sync_table", "sync_summary", "fit_linear_scalability", "plot_sync",

@@ -21,9 +21,11 @@ and exits 1, and torchrun's launcher stops the others.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 __all__ = ["run_workers", "join_torchrun", "under_torchrun", "free_port", "WorkerError",
            "default_backend", "rank_threads"]
@@ -88,7 +91,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _init(rank: int, world: int, backend: str, timeout_s: float, init_method: str) -> None:
-    import torch.distributed as dist
     if backend == "nccl":
         local = int(os.environ.get("LOCAL_RANK", rank)) % max(torch.cuda.device_count(), 1)
         torch.cuda.set_device(local)
@@ -99,7 +101,6 @@ def _init(rank: int, world: int, backend: str, timeout_s: float, init_method: st
 def _entry(rank: int, world: int, port: int, backend: str, timeout_s: float, threads: int,
            out_dir: str) -> None:
     """One spawned rank: load the work, init, run, write the result (or the error)."""
-    import torch.distributed as dist
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, threads))
@@ -195,7 +196,6 @@ def run_workers(worker_fn: Callable, world_size: int, args: tuple = (), *, timeo
         >>> run_workers(hello, 2, timeout_s=60)   # hello defined in an importable module
         [0, 10]
     """
-    import multiprocessing as mp
     backend = backend or default_backend(world_size)
     threads = threads or rank_threads(world_size)
     ctx = mp.get_context("spawn")
@@ -255,9 +255,6 @@ def join_torchrun(worker_fn: Callable, args: tuple = (), *, timeout_s: float = 6
     Returns every rank's result on rank 0 (gathered over the process group) and ``None`` on the
     others. A rank that raises prints ``graphopt: rank R failed: ...`` on stderr and exits 1.
     """
-    import sys
-
-    import torch.distributed as dist
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     try:

@@ -7,16 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graphopt.capture import capture
-from graphopt.cost import DEVICES, LinkSpec
-from graphopt.device_spec import node_seconds
-from graphopt.distributed.simulate import (
-    ddp_buckets,
-    parameter_server_seconds,
-    ring_allreduce_seconds,
-    schedule_actions,
-    simulate_step,
-    stage_costs,
-)
+from graphopt.costmodel.collectives import ddp_buckets, parameter_server_seconds, ring_allreduce_seconds
+from graphopt.costmodel.device import LinkSpec
+from graphopt.costmodel.node_time import node_seconds
+from graphopt.costmodel.presets import DEVICES
+from graphopt.costmodel.simulate import schedule_actions, simulate_step
+from graphopt.costmodel.stage_profile import stage_costs
 from graphopt.errors import PlanError
 from graphopt.zoo import build
 

@@ -5,18 +5,18 @@ from torch import nn
 from train_models import plan_from_cuts, prepared
 
 import graphopt
+from graphopt.costmodel.backward import backward_factors
+from graphopt.costmodel.optimizer import state_factor
 from graphopt.distributed.lowering import lower
-from graphopt.distributed.schedule import check_schedule, inflight, placement, stages_per_rank
-from graphopt.distributed.train_cost import (
-    backward_factors,
+from graphopt.errors import GraphoptError, PlanError
+from graphopt.memory.joint import capture_joint
+from graphopt.planner.training import (
     check_memory,
     plan_training,
     stage_memory,
-    state_factor,
     training_cost_graph,
 )
-from graphopt.errors import GraphoptError, PlanError
-from graphopt.memory.joint import capture_joint
+from graphopt.schedules import check_schedule, inflight, placement, stages_per_rank
 
 
 def test_a_matmul_costs_one_gradient_per_differentiable_operand():

@@ -13,7 +13,7 @@ The measured forward and backward seconds over the spec's sums are two factors t
 every stage's forward and backward (the stage split keeps the spec's proportions).
 
 These are the times of one process alone; with every rank of a shared host busy at once each
-runs ``share`` times slower (:mod:`graphopt.distributed.plan_engine`), which the planner applies.
+runs ``share`` times slower (:mod:`graphopt.planner.engine`), which the planner applies.
 
 Timings are cached per machine (as the calibration is: ``<graphopt cache>/steps/``), keyed by the
 graph's code and shapes, the micro-batch, the thread count, the machine's calibration key and
@@ -35,6 +35,10 @@ from pathlib import Path
 
 import torch
 
+from graphopt.costmodel.calibrate import cache_dir, cache_path
+from graphopt.distributed.lowering import RelayStage, lower
+from graphopt.partition.stages import split_graph
+
 __all__ = ["times_steps", "time_step", "cached_step", "measured_scale", "cache_file", "WARMUP",
            "STEPS"]
 
@@ -50,8 +54,6 @@ def times_steps(spec) -> bool:
 def time_step(prepared, threads: int, steps: int = STEPS) -> tuple[float, float]:
     """Median forward and backward seconds of ``prepared``'s graph as one stage, one
     micro-batch (``prepared.micro`` samples), ``threads`` intra-op threads."""
-    from graphopt.distributed.lowering import RelayStage, lower
-    from graphopt.partition.stages import split_graph
     graph = prepared.graph
     one = lower(split_graph(graph, {n: 0 for n in graph.info}, 1), graph)
     module = RelayStage(one.programs[0])
@@ -81,7 +83,6 @@ def time_step(prepared, threads: int, steps: int = STEPS) -> tuple[float, float]
 def cache_file(prepared, threads: int, spec=None) -> Path:
     """Where this machine keeps the timing of ``prepared`` at ``threads`` threads, taken for
     the device spec ``spec`` (its every field is in the key)."""
-    from graphopt.distributed.calibrate import cache_dir, cache_path
     graph = prepared.graph
     shapes = [(n.name, n.shape, n.dtype) for n in graph.nodes() if n.op == "placeholder"]
     key = json.dumps([graph.gm.code, shapes, prepared.micro, threads, cache_path(1).name,

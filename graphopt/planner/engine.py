@@ -41,9 +41,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from graphopt.costmodel.calibrate import cache_dir, cache_path
+from graphopt.costmodel.device_file import current_device_type
+from graphopt.distributed.trainer import run_jobs
 from graphopt.errors import GraphoptError
+from graphopt.launch import WorkerError, default_backend, run_workers
+from graphopt.parallel import ParallelConfig
+from graphopt.planner.measure import training_job
+from graphopt.planner.model import ModelCosts
+from graphopt.planner.predict import links_of, predict
+from graphopt.specs import LoadedModel
 
 __all__ = ["EngineOverhead", "engine_overhead", "measure_engine", "probe_model", "cache_file"]
 
@@ -83,7 +93,6 @@ def probe_model():
 
 
 def cache_file(world: int, device_type: str | None = None) -> Path:
-    from graphopt.distributed.calibrate import cache_dir, cache_path
     return cache_dir() / "engine" / cache_path(world, device=device_type).name
 
 
@@ -99,7 +108,6 @@ def _matmul_rate(seconds: float) -> float:
 
 def _sharing_worker(rank: int, world: int, rounds: int, seconds: float) -> list[float]:
     """Rank 0's matmul rate alone over its rate with every rank busy, per round."""
-    import torch.distributed as dist
     ratios = []
     for _ in range(rounds):
         dist.barrier()
@@ -115,7 +123,6 @@ def _sharing_worker(rank: int, world: int, rounds: int, seconds: float) -> list[
 def measure_share(world: int, *, rounds: int = 4, seconds: float = 0.4,
                   timeout_s: float = 120.0) -> float:
     """``share`` (module docstring): 1 with a GPU per rank, else measured on the CPU."""
-    from graphopt.distributed.launch import default_backend, run_workers
     if world < 2 or default_backend(world) == "nccl":
         return 1.0
     ratios = run_workers(_sharing_worker, world, (rounds, seconds), timeout_s=timeout_s)[0]
@@ -123,17 +130,13 @@ def measure_share(world: int, *, rounds: int = 4, seconds: float = 0.4,
 
 
 def _probe_configs(world: int):
-    from graphopt.distributed.planner import Config
-    dp_only = [Config(world, 1, "1f1b", 1), Config(world, 1, "1f1b", 8)]
+    dp_only = [ParallelConfig(dp=world, microbatches=1), ParallelConfig(dp=world, microbatches=8)]
     if world % 2:
         return dp_only, None
-    return dp_only, Config(world // 2, 2, "1f1b", 8)
+    return dp_only, ParallelConfig(dp=world // 2, pp=2, microbatches=8)
 
 
 def _median_runs(costs, configs, steps: int, timeout_s: float) -> list[float]:
-    from graphopt.distributed.plan_measure import training_job
-    from graphopt.distributed.planner import predict
-    from graphopt.distributed.trainer import run_jobs
     order = list(configs) * REPEATS
     jobs = [training_job(costs, predict(costs, c), steps=steps, timeout_s=timeout_s) for c in order]
     runs = run_jobs(jobs)
@@ -145,9 +148,8 @@ def _median_runs(costs, configs, steps: int, timeout_s: float) -> list[float]:
 
 def _fit_transfer(costs, config, measured: float) -> float:
     """The per-message latency that makes the simulator match ``measured`` (bisection)."""
-    from graphopt.distributed.planner import predict
 
-    world = config.devices
+    world = config.world_size
     eng = costs.engines[world]
 
     def at(alpha):
@@ -167,10 +169,6 @@ def _fit_transfer(costs, config, measured: float) -> float:
 def measure_engine(world: int, device: str, *, steps: int = STEPS, timeout_s: float = 300.0,
                    link: str | None = None) -> EngineOverhead:
     """Train the probe on ``world`` processes and fit the engine's costs (module docstring)."""
-    from graphopt.distributed.launch import WorkerError
-    from graphopt.distributed.plan_model import ModelCosts
-    from graphopt.distributed.planner import links_of, predict
-    from graphopt.specs import LoadedModel
     if world < 2:
         raise GraphoptError(f"the engine probe runs on 2 or more processes, got {world}")
     model, inputs = probe_model()
@@ -192,7 +190,8 @@ def measure_engine(world: int, device: str, *, steps: int = STEPS, timeout_s: fl
     transfer = _fit_transfer(costs, piped, measured[2]) if piped else p2p.alpha
     record = {str(c.label()): s for c, s in zip(configs, measured)}
     return EngineOverhead(world=world, action_s=action, step_s=step, transfer_s=transfer,
-                          share=share, measured={"configs": record, "steps": steps, "device": device,
+                          share=share, measured={"configs": record, "steps": steps,
+                                    "device": costs.cost_model.describe(),
                                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
@@ -200,7 +199,6 @@ def engine_overhead(world: int, device: str, *, refresh: bool = False,
                     link: str | None = None) -> EngineOverhead | None:
     """This machine's engine costs for ``world`` processes: cached, else measured and cached.
     None for one process (nothing to probe: no messages, and the step is the model's)."""
-    from graphopt.device_spec import current_device_type
     if world < 2:
         return None
     path = cache_file(world, current_device_type())

@@ -1,44 +1,40 @@
 """Per-stage costs of one training step of a partitioned graph, as the pipeline runtime runs it.
 
 Needs: a captured training graph (the model plus its loss, at the micro-batch size), a node ->
-stage map in pipeline order and a :class:`~graphopt.cost.DeviceSpec`. Guarantees: for every
-stage, what :func:`graphopt.distributed.simulate.simulate_step` takes (forward and backward
+stage map in pipeline order and a :class:`~graphopt.costmodel.target.CostModel`. Guarantees: for every
+stage, what :func:`graphopt.costmodel.simulate.simulate_step` takes (forward and backward
 seconds per micro-batch, bytes across each boundary, gradient bytes) and what its memory holds.
 
-Why not :func:`graphopt.distributed.simulate.stage_costs`: the runtime lowers a plan with
+Why not :func:`stage_costs`: the runtime lowers a plan with
 *relays* (:mod:`graphopt.distributed.lowering`): a value made on stage ``a`` and last used on
 stage ``b`` crosses every boundary in between and is held by every stage on the way, and the
 model's outputs all travel to the last stage. The boundary bytes here count that, so the p2p
 time and the activation memory are those of the run, not of one send per consumer. Backward
-seconds use the per-node factors of :func:`graphopt.distributed.train_cost.backward_factors`
+seconds use the per-node factors of :func:`graphopt.costmodel.backward.backward_factors`
 (two matmuls per weight matmul, none for the data path below the first weight, ...), the same
 ones the runtime's own estimate uses.
 
-The optimizer step is priced too (it is inside the measured step): per trainable tensor a few
-ops at the per-op overhead plus its bytes at the memory bandwidth (``torch.optim`` with
-``foreach=False``, as the runtime builds it).
+The optimizer step is priced by :mod:`graphopt.costmodel.optimizer` from ``grad_bytes`` and
+``param_tensors``.
 
 Complexity: O(V + E) per call.
 
 Example:
-    >>> prof = stage_profile(graph, plan.parts, 2, spec)
+    >>> prof = stage_profile(graph, plan.parts, 2, CostModel(Target.preset("h100")))
     >>> prof.fwd_s, prof.boundary_bytes, prof.grad_bytes
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-from graphopt.cost import DeviceSpec, OpClass
-from graphopt.device_spec import node_seconds
+from graphopt.autodiff import requires_grad_map
+from graphopt.costmodel.backward import backward_factors
+from graphopt.costmodel.target import CostModel, as_cost_model
 from graphopt.errors import PlanError
+from graphopt.op_table import OpClass
 
-__all__ = ["StageProfile", "stage_profile", "optimizer_seconds", "OPTIMIZER_COST",
-           "on_host_cpu"]
-
-# (tensor ops per trainable tensor, bytes moved per parameter byte) of one optimizer step:
-# SGD ``p.add_(g, alpha=-lr)`` reads p and g and writes p; AdamW's single-tensor update makes
-# about seven passes over p, g and its two moments.
-OPTIMIZER_COST = {"sgd": (1, 3.0), "sgd-momentum": (3, 7.0), "adamw": (7, 16.0)}
+__all__ = ["StageProfile", "stage_profile", "stage_costs", "scaled"]
 
 
 @dataclass
@@ -82,10 +78,11 @@ def _held_params(graph, part: dict[str, int]) -> dict[str, set[int]]:
     return users
 
 
-def stage_profile(graph, part: dict[str, int], k: int, spec: DeviceSpec) -> StageProfile:
-    """Stage costs of ``graph`` split by ``part`` (node name -> stage); see the module docstring."""
-    from graphopt.distributed.lowering import requires_grad_map
-    from graphopt.distributed.train_cost import backward_factors
+def stage_profile(graph, part: dict[str, int], k: int, cost_model: CostModel) -> StageProfile:
+    """Stage costs of ``graph`` split by ``part`` (node name -> stage); see the module docstring.
+    ``cost_model`` is a :class:`~graphopt.costmodel.target.CostModel` (or what
+    :func:`~graphopt.costmodel.target.as_cost_model` takes)."""
+    cm = as_cost_model(cost_model)
     missing = [i.name for i in graph.nodes() if i.name not in part]
     if missing:
         raise PlanError(f"the plan gives no stage for node {missing[0]!r} of {graph.name}")
@@ -99,9 +96,9 @@ def stage_profile(graph, part: dict[str, int], k: int, spec: DeviceSpec) -> Stag
         s = part[info.name]
         if not 0 <= s < k:
             raise PlanError(f"node {info.name} is on stage {s}, not one of 0..{k - 1}")
-        t = node_seconds(info, spec)
+        t = cm.node_seconds(info)
         fwd[s] += t
-        bwd[s] += t * float(factors.get(info.name, 0.0))
+        bwd[s] += cm.backward_seconds(info, float(factors.get(info.name, 0.0)))
         flops[s] += int(info.flops)
         if info.op_class != OpClass.VIEW:
             saved[s] += int(info.out_bytes)
@@ -141,19 +138,54 @@ def stage_profile(graph, part: dict[str, int], k: int, spec: DeviceSpec) -> Stag
                         fwd_flops=flops, shared=shared)
 
 
-def optimizer_seconds(prof: StageProfile, stages: list[int], spec: DeviceSpec,
-                      optimizer: str) -> float:
-    """One optimizer step over the trainable weights of ``stages`` (those of one rank)."""
-    if optimizer not in OPTIMIZER_COST:
-        raise PlanError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_COST)}")
-    ops, per_byte = OPTIMIZER_COST[optimizer]
-    nbytes = sum(prof.grad_bytes[s] for s in stages)
-    count = sum(prof.param_tensors[s] for s in stages)
-    return count * ops * spec.launch_seconds + per_byte * nbytes / spec.bandwidth
+def scaled(prof: StageProfile, fwd: float = 1.0, bwd: float = 1.0) -> StageProfile:
+    """``prof`` with its forward seconds times ``fwd`` and backward times ``bwd`` (a timed step)."""
+    if fwd == 1.0 and bwd == 1.0:
+        return prof
+    return dataclasses.replace(prof, fwd_s=[f * fwd for f in prof.fwd_s],
+                               bwd_s=[b * bwd for b in prof.bwd_s])
 
 
-def on_host_cpu(spec: DeviceSpec, device: str) -> bool:
-    """Whether the ranks are processes of this CPU host (``spec`` describes a CPU, or the
-    device is the ``cpu`` preset): they share its memory and its cores, so no core is left to
-    reduce gradients beside the backward."""
-    return spec.device_type == "cpu" or device == "cpu"
+@dataclass
+class StageCosts:
+    """Per-stage inputs of the simulator from a graph whose nodes carry ``part``."""
+
+    fwd_s: list[float]
+    bwd_s: list[float]
+    boundary_bytes: list[int]      # bytes stage s+1 receives from earlier stages, per micro-batch
+    param_bytes: list[int]         # parameters (and buffers) each stage holds
+    act_bytes: list[int]           # activations a stage keeps from forward for backward
+
+
+def stage_costs(graph, cost_model, k: int, backward_factor: float = 2.0) -> StageCosts:
+    """Stage times and bytes of a graph whose nodes carry ``part`` (a pipeline plan applied).
+
+    A backward costs ``backward_factor`` times its forward (two matmuls per forward matmul: the
+    input and the weight gradient): a quick profile without the relays; :func:`stage_profile`
+    is the runtime's.
+    """
+    cm = as_cost_model(cost_model)
+    fwd, act = [0.0] * k, [0] * k
+    for info in graph.nodes():
+        if info.is_param:
+            continue
+        if info.part is None or not 0 <= info.part < k:
+            raise PlanError(f"node {info.name} has stage {info.part}, not one of 0..{k - 1}: apply "
+                            "a pipeline plan first")
+        fwd[info.part] += cm.node_seconds(info)
+        if info.op == "call_function" and info.op_class != OpClass.VIEW:
+            act[info.part] += info.out_bytes
+    held: list[set[str]] = [set() for _ in range(k)]        # parameters each stage uses
+    received: list[set[str]] = [set() for _ in range(k)]    # values it gets from earlier stages
+    for src, dst, _ in graph.edges():
+        s, d = graph[src], graph[dst]
+        if d.is_param:
+            continue
+        if s.is_param:
+            held[d.part].add(src)
+        elif s.part < d.part:
+            received[d.part].add(src)
+    params = [sum(graph[n].out_bytes for n in h) for h in held]
+    boundary = [sum(graph[n].out_bytes for n in received[s + 1]) for s in range(k - 1)]
+    return StageCosts(fwd_s=fwd, bwd_s=[backward_factor * f for f in fwd], boundary_bytes=boundary,
+                      param_bytes=params, act_bytes=act)

@@ -8,13 +8,18 @@ from torch import nn
 
 from graphopt import schemas
 from graphopt.capture import capture
-from graphopt.cost import LinkSpec, get_device
-from graphopt.device_spec import node_seconds
-from graphopt.distributed.launch import rank_threads
-from graphopt.distributed.plan_costs import OPTIMIZER_COST, optimizer_seconds, stage_profile
-from graphopt.distributed.plan_model import ModelCosts
-from graphopt.distributed.planner import (
-    Config,
+from graphopt.costmodel.collectives import parameter_server_seconds, ring_allreduce_seconds
+from graphopt.costmodel.device import LinkSpec
+from graphopt.costmodel.node_time import node_seconds
+from graphopt.costmodel.optimizer import OPTIMIZER_COST, optimizer_seconds
+from graphopt.costmodel.presets import get_device
+from graphopt.costmodel.simulate import simulate_step
+from graphopt.costmodel.stage_profile import stage_profile
+from graphopt.errors import GraphoptError, PlanError
+from graphopt.launch import rank_threads
+from graphopt.parallel import MemoryBudget, ParallelConfig
+from graphopt.planner.model import ModelCosts
+from graphopt.planner.predict import (
     NoConfigurationFits,
     enumerate_configs,
     links_of,
@@ -22,18 +27,12 @@ from graphopt.distributed.planner import (
     predict,
     to_document,
 )
-from graphopt.distributed.simulate import (
-    parameter_server_seconds,
-    ring_allreduce_seconds,
-    simulate_step,
-)
-from graphopt.distributed.whatif import (
+from graphopt.planner.sync_tables import (
     fit_linear_scalability,
     sync_bytes,
     sync_summary,
     sync_table,
 )
-from graphopt.errors import GraphoptError, PlanError
 from graphopt.specs import LoadedModel
 
 
@@ -133,7 +132,7 @@ def test_optimizer_seconds_formula():
 
 # -- prediction ------------------------------------------------------------------------------------
 def test_single_device_prediction_is_the_sum_of_the_step(costs):
-    c = predict(costs, Config(dp=1, pp=1, schedule="1f1b", microbatches=2))
+    c = predict(costs, ParallelConfig(dp=1, pp=1, schedule="1f1b", microbatches=2))
     prof = costs.profile(1, 4)
     opt = optimizer_seconds(prof, [0], costs.spec, "sgd")
     assert c.predicted_step_seconds == pytest.approx(2 * (prof.fwd_s[0] + prof.bwd_s[0]) + opt)
@@ -143,7 +142,7 @@ def test_single_device_prediction_is_the_sum_of_the_step(costs):
 
 
 def test_data_parallel_prediction_adds_the_ring_all_reduce(costs):
-    c = predict(costs, Config(dp=2, pp=1, schedule="1f1b", microbatches=1))
+    c = predict(costs, ParallelConfig(dp=2, pp=1, schedule="1f1b", microbatches=1))
     prof = costs.profile(1, 4)
     _, ring = links_of(costs)
     grads = prof.grad_bytes[0]
@@ -158,7 +157,7 @@ def test_data_parallel_prediction_adds_the_ring_all_reduce(costs):
 
 
 def test_pipeline_prediction_matches_the_simulator(costs):
-    cfg = Config(dp=1, pp=2, schedule="gpipe", microbatches=4)
+    cfg = ParallelConfig(dp=1, pp=2, schedule="gpipe", microbatches=4)
     c = predict(costs, cfg)
     prof = costs.profile(2, 2)
     p2p, _ = links_of(costs)
@@ -174,9 +173,9 @@ def test_pipeline_prediction_matches_the_simulator(costs):
 
 
 def test_engine_overhead_adds_per_action_step_and_message_costs(costs):
-    from graphopt.distributed.plan_engine import EngineOverhead
-    single = Config(dp=2, pp=1, schedule="1f1b", microbatches=2)
-    piped = Config(dp=1, pp=2, schedule="gpipe", microbatches=1)
+    from graphopt.planner.engine import EngineOverhead
+    single = ParallelConfig(dp=2, pp=1, schedule="1f1b", microbatches=2)
+    piped = ParallelConfig(dp=1, pp=2, schedule="gpipe", microbatches=1)
     before = [predict(costs, c).predicted_step_seconds for c in (single, piped)]
     costs.engines[2] = EngineOverhead(world=2, action_s=1e-3, step_s=5e-3, transfer_s=0.0)
     try:
@@ -194,15 +193,16 @@ def test_engine_overhead_adds_per_action_step_and_message_costs(costs):
 
 
 def test_shared_cores_speed_up_ranks_a_bubble_leaves_alone(costs, monkeypatch):
-    from graphopt.cost import DEVICES, DeviceSpec
-    from graphopt.distributed.plan_engine import EngineOverhead
+    from graphopt.costmodel.device import DeviceSpec
+    from graphopt.costmodel.presets import DEVICES
+    from graphopt.planner.engine import EngineOverhead
     # a slow device, so that compute, not the link, fills the timeline
     monkeypatch.setitem(DEVICES, "slow test cpu", DeviceSpec("slow", {"float32": 1e9},
                                                             vector_flops=1e9, bandwidth=1e9,
                                                             launch_seconds=1e-5))
     costs = ModelCosts(costs.loaded, "slow test cpu", captures=costs)
-    piped = Config(dp=1, pp=2, schedule="gpipe", microbatches=1)
-    dp_only = Config(dp=2, pp=1, schedule="1f1b", microbatches=1)
+    piped = ParallelConfig(dp=1, pp=2, schedule="gpipe", microbatches=1)
+    dp_only = ParallelConfig(dp=2, pp=1, schedule="1f1b", microbatches=1)
 
     def with_share(share):
         costs.engines[2] = EngineOverhead(world=2, action_s=0.0, step_s=0.0, transfer_s=0.0,
@@ -226,8 +226,11 @@ def test_shared_cores_speed_up_ranks_a_bubble_leaves_alone(costs, monkeypatch):
 
 
 def test_remat_budget_trades_memory_for_time(costs):
-    base = predict(costs, Config(1, 2, "gpipe", 4))
-    remat = predict(costs, Config(1, 2, "gpipe", 4, 0.75))
+    base = predict(costs, ParallelConfig(dp=1, pp=2, schedule="gpipe", microbatches=4))
+    remat = predict(costs, ParallelConfig(dp=1, pp=2, schedule="gpipe", microbatches=4,
+                                          memory_budget=0.75))
+    assert remat.config.memory_budget == MemoryBudget(fraction=0.75)
+    assert remat.config.recompute == "0.75" and base.config.recompute == "none"
     effect = costs.remat(0.75)
     assert effect is not None and 0 <= effect.kept <= 0.75 + 1e-9 and effect.recompute > 0
     assert remat.memory_per_device_bytes < base.memory_per_device_bytes
@@ -236,7 +239,8 @@ def test_remat_budget_trades_memory_for_time(costs):
     assert costs.remat(0.1) is None
     assert any("memory budget 0.1 left out" in n for n in costs.notes)
     with pytest.raises(PlanError, match="no remat plan"):
-        predict(costs, Config(1, 2, "gpipe", 4, 0.1))
+        predict(costs, ParallelConfig(dp=1, pp=2, schedule="gpipe", microbatches=4,
+                                      memory_budget=0.1))
 
 
 # -- memory filter, ranking, document --------------------------------------------------------------
@@ -273,6 +277,28 @@ def test_parallel_json_validates_against_the_schema(costs):
     assert doc["chosen"] == {k: v for k, v in doc["candidates"][0].items() if k != "rank"}
     assert {c["memory_budget"] for c in doc["candidates"]} == {None, 0.75}
     assert all(c["dp"] * c["pp"] == 2 for c in doc["candidates"])
+    # the contract's field names, with honest values; each entry reads back as the one type
+    for c in doc["candidates"]:
+        assert c["tp"] == 1 and c["dp_wrapper"] == "ddp"
+        assert c["recompute"] == ("none" if c["memory_budget"] is None else "0.75")
+        assert c["microbatch_size"] * c["microbatches"] * c["dp"] == costs.batch
+    chosen = ParallelConfig.from_dict(doc["chosen"])
+    assert chosen == result.chosen.config and chosen.to_dict()["recompute"] == \
+        doc["chosen"]["recompute"]
+
+
+def test_the_planner_enumerates_the_one_configuration_type():
+    configs = enumerate_configs(4, 8, 8, schedules=("1f1b", "interleaved", "zero-bubble"),
+                                max_microbatches=4, budgets=(None, 0.5))
+    assert all(isinstance(c, ParallelConfig) for c in configs)
+    assert all(c.world_size == 4 and c.microbatch_size * c.microbatches * c.dp == 8
+               for c in configs)
+    # stages per rank and placement come from the schedule registry, through the config
+    zb = [c for c in configs if c.schedule == "zero-bubble"]
+    assert zb and all(c.n_stages == 2 * c.pp and c.placement[-1] == 0 for c in zb)
+    # zero-bubble with dp > 1 runs (the runtime averages its gradients itself)
+    assert any(c.dp > 1 for c in zb)
+    assert {c.memory_budget for c in configs} == {None, MemoryBudget(fraction=0.5)}
 
 
 # -- what-if ---------------------------------------------------------------------------------------
@@ -319,7 +345,7 @@ def test_sync_table_follows_the_closed_forms():
 def test_a_timed_step_scales_the_stages_by_measured_over_predicted(costs):
     """With a calibrated CPU spec the planner times the model's own step (alone, at the rank's
     thread count) and scales every stage's forward and backward by measured / predicted."""
-    from graphopt.distributed import plan_profile
+    from graphopt.planner import profile as plan_profile
     assert costs.time_steps is False          # a preset: nothing is timed
     assert costs.step_scale(4, 1) == (1.0, 1.0)
     fwd, bwd = plan_profile.time_step(costs.prepared(4), threads=1)
@@ -329,12 +355,12 @@ def test_a_timed_step_scales_the_stages_by_measured_over_predicted(costs):
     prof = timed.profile(2, 4)
     fs, bs = timed.step_scale(4, 1)
     assert fs > 0 and bs > 0 and math.isfinite(fs) and math.isfinite(bs)
-    c = predict(timed, Config(dp=1, pp=2, schedule="gpipe", microbatches=2))
+    c = predict(timed, ParallelConfig(dp=1, pp=2, schedule="gpipe", microbatches=2))
     factors = c.detail["timed_step_factors"]
     assert factors["forward"] == fs and factors["backward"] == bs
     # One stage, no engine: the step is the scaled forward and backward of both micro-batches
     # (timed with the threads one process on this host gets).
-    one = predict(timed, Config(dp=1, pp=1, schedule="1f1b", microbatches=2))
+    one = predict(timed, ParallelConfig(dp=1, pp=1, schedule="1f1b", microbatches=2))
     fs, bs = timed.step_scale(4, rank_threads(1))
     p1 = timed.profile(1, 4)
     opt = optimizer_seconds(p1, [0], timed.spec, "sgd")
@@ -356,7 +382,7 @@ class TiedEnds(nn.Module):
 
 
 def test_tied_weights_across_ranks_pay_one_all_reduce_before_the_optimizer():
-    from graphopt.distributed.planner import tied_sync_seconds
+    from graphopt.costmodel.collectives import tied_sync_seconds
     torch.manual_seed(0)
     costs = ModelCosts(LoadedModel("tied", TiedEnds(), (torch.randint(0, 64, (8, 4)),)), "cpu")
     one = costs.profile(1, 8)
@@ -364,7 +390,7 @@ def test_tied_weights_across_ranks_pay_one_all_reduce_before_the_optimizer():
     two = costs.profile(2, 8)
     assert two.shared == [(64 * 16 * 4, (0, 1))]
     _, ring = links_of(costs)
-    c = predict(costs, Config(dp=1, pp=2, schedule="gpipe", microbatches=2))
+    c = predict(costs, ParallelConfig(dp=1, pp=2, schedule="gpipe", microbatches=2))
     want = ring_allreduce_seconds(64 * 16 * 4, 2, ring)
     assert c.detail["tied_sync_seconds"] == pytest.approx(want) and want > 0
     # Both stages on one rank (no second rank holds a copy): nothing to sum across ranks.
@@ -372,7 +398,7 @@ def test_tied_weights_across_ranks_pay_one_all_reduce_before_the_optimizer():
 
 
 def test_step_timings_are_cached_per_machine_so_plans_repeat(tmp_path, monkeypatch, costs):
-    from graphopt.distributed import plan_profile
+    from graphopt.planner import profile as plan_profile
     monkeypatch.setenv("GRAPHOPT_CACHE_DIR", str(tmp_path))
     prepared = costs.prepared(4)
     first = plan_profile.cached_step(prepared, 1)

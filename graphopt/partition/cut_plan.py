@@ -12,10 +12,13 @@ tensors crossing it are four times the hidden state. Two ways to cut, each exact
   values (half of them are priced into the region's cost).
 * **single nodes**: a matmul's rows, attention's heads or a convolution's output channels.
 
-:func:`plan_splits` places ideal boundaries (equal FLOPs shares, or the cost model's time
-balanced under the FLOPs tolerance) and offers cuts at and around them; the partitioner picks
+:func:`plan_cuts` places ideal boundaries (equal FLOPs shares, or equal shares of the cost
+model's predicted time, what the stages balance) and offers cuts at and around them; the partitioner picks
 among them and :func:`prune_cuts` drops the cuts no stage boundary used, since every extra
-block costs a kernel launch per op. ``split_ops`` does the rewriting.
+block costs a kernel launch per op. :mod:`graphopt.partition.cut_rewrite` does the rewriting.
+
+One noun: a node (or a row region) is *cut* into *blocks*. The CLI's ``--split`` and
+partition.json's ``splits`` keep their names for compatibility; they mean these cuts.
 
 Needs ``meta['val']`` on every node. O(V + E) plus O(regions * span^2) labelling checks.
 """
@@ -33,7 +36,7 @@ from graphopt.graph import Graph
 from graphopt.partition.costgraph import CostGraph
 from graphopt.partition.rowwise import Region, label_region, prefix_bytes
 
-__all__ = ["SPLITTABLE", "STRATEGIES", "BALANCES", "Cut", "node_split_kind", "plan_splits",
+__all__ = ["CUTTABLE", "STRATEGIES", "BALANCES", "Cut", "node_cut_kind", "plan_cuts",
            "prune_cuts", "cuts_from_dicts"]
 
 aten = torch.ops.aten
@@ -44,16 +47,16 @@ _STEP = 5            # nodes a region grows by at most in one step (a split and 
 _EDGES = (0.5, 0.95)  # extra cuts at these fractions of the tolerance on either side of a target
 
 # op -> index of the operand whose rows are split (convolution: output channels instead)
-SPLITTABLE = {aten.mm.default: 0, aten.addmm.default: 1, aten.bmm.default: 0,
+CUTTABLE = {aten.mm.default: 0, aten.addmm.default: 1, aten.bmm.default: 0,
               aten.matmul.default: 0, aten.linear.default: 0, aten.convolution.default: None,
               aten.conv1d.default: None, aten.conv2d.default: None, aten.conv3d.default: None,
               aten.scaled_dot_product_attention.default: None}
 _CONV = (aten.convolution.default, aten.conv1d.default, aten.conv2d.default, aten.conv3d.default)
 
 
-def node_split_kind(node: torch.fx.Node) -> tuple[int, dict[int, int], int] | None:
-    """(rows, {argument index: dim to slice}, output dim to cat on) if the node can split."""
-    if node.op != "call_function" or node.target not in SPLITTABLE:
+def node_cut_kind(node: torch.fx.Node) -> tuple[int, dict[int, int], int] | None:
+    """(rows, {argument index: dim to slice}, output dim to cat on) if the node can be cut."""
+    if node.op != "call_function" or node.target not in CUTTABLE:
         return None
     vals = [_val(a) for a in node.args]
     if not all(isinstance(v, torch.Tensor) for v in vals[:2]):
@@ -83,7 +86,7 @@ def node_split_kind(node: torch.fx.Node) -> tuple[int, dict[int, int], int] | No
                 return None
             sl[3] = 1
         return int(q.shape[1]), sl, 1
-    idx = SPLITTABLE[node.target]
+    idx = CUTTABLE[node.target]
     x = vals[idx]
     if x.dim() < 2 or (node.target == aten.matmul.default and vals[1].dim() < 2):
         return None
@@ -110,6 +113,15 @@ def _cheap_to_cut(node: torch.fx.Node, sliced: dict[int, int]) -> bool:
               if isinstance(v := _val(node.args[i]), torch.Tensor))
     return not isinstance(out, torch.Tensor) or \
         ins <= _SLICED_MAX * max(out.numel() * out.element_size(), 1)
+
+
+def _weights_read(graph: Graph, names: list[str]) -> int:
+    """Bytes of the parameters the nodes ``names`` read (each once). Every block of a cut node
+    reads all of them, so each stage its blocks land in holds a copy."""
+    fx = {n.name: n for n in graph.fx_nodes()}
+    seen = {u.name for x in names for u in fx[x].all_input_nodes
+            if u.name in graph.info and graph.info[u.name].is_param}
+    return sum(int(graph.info[u].out_bytes) for u in seen)
 
 
 @dataclass
@@ -281,7 +293,7 @@ def _time_targets(lay: _Layout, seconds: np.ndarray, k: int, cap: float) -> list
 
 @dataclass
 class Cut:
-    """One thing to split: a row region (``nodes``: its interval, in graph order) or a single
+    """One thing to cut into blocks: a row region (``nodes``: its interval, in graph order) or a single
     node (``nodes == [name]``, ``region is None``), at ``cuts`` (row / head / channel indices).
     ``blocks`` (filled by the rewrite) holds the new node names of each block, in order."""
 
@@ -311,8 +323,8 @@ def _row_cut(t: float, start: float, work: float, rows: int) -> int | None:
     return min(max(round((t - start) / work * rows), 1), rows - 1)
 
 
-def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "rows",
-                balance: str = "flops", device: str = "h100", giants: bool = False,
+def plan_cuts(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "rows",
+                balance: str = "flops", device="h100", giants: bool = False,
                 spread: bool = True) -> list[Cut]:
     """The cuts to make, for one strategy and one way of placing the ideal boundaries.
 
@@ -325,14 +337,16 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
     the partitioner can take the one that sends least (few rows of a matmul whose output is
     wider than its input, most rows of one that narrows). ``balance`` places the ideal
     boundaries: ``flops`` at equal FLOPs shares, ``time`` where the cost model's time on
-    ``device`` balances with no part above its FLOPs share (nothing when devices differ in speed
-    or a node outweighs 1/k).
+    ``device`` balances, as the stages do, with no FLOPs cap (nothing when devices differ in
+    speed or one node's time outweighs 1/k). A single node whose blocks would read more than
+    ``1/k`` of the model's parameters (an LM head) is not cut (unless ``giants``): each stage
+    its blocks land in would hold a copy of them.
     A node heavier than ``total/k`` normally keeps a part to itself (the plan says so); with
     ``giants`` (``nodes`` strategy only) it is cut at the equal-FLOPs boundaries like any other,
     the only way to balance a graph where one node holds most of the work.
 
     Example:
-        >>> cuts = plan_splits(graph, k=2, eps=0.03)
+        >>> cuts = plan_cuts(graph, k=2, eps=0.03)
         >>> [(c.label, c.cuts) for c in cuts]
         [('rows of layer_norm_17..add_39', [41, 58, 62])]
     """
@@ -356,11 +370,16 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
     if balance == "flops":
         targets = _targets(lay, k, speeds, heavy)
     else:
-        if speeds is not None or heavy:
+        if speeds is not None or giants:
             return []
         cg = CostGraph.from_graph(graph, device)
-        # aim below the cap: the partitioner's cuts land near, not on, these points
-        targets = _time_targets(lay, cg.seconds[~cg.is_param], k, (1 + eps / 2) * total / k)
+        secs = cg.seconds[~cg.is_param]
+        if (secs > secs.sum() / k).any():    # a node slower than a stage's share: no balance
+            return []
+        # stages balance their predicted time, not their FLOPs: no FLOPs cap, and a node
+        # heavy in FLOPs (an LM head) is cut like any other
+        heavy = set()
+        targets = _time_targets(lay, secs, k, total)
         if targets is None:
             return []
     regions: list[list] = []           # [a, b, region, cost, targets]
@@ -392,6 +411,16 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
         edges = _EDGES if spread else ()
         return ts + [t + side * e * width for t in ts for e in edges for side in (-1, 1)]
 
+    # a node cut whose blocks read more than a stage's share of the parameters (an LM head
+    # tied to the embedding: 69% of a 2-layer GPT-2's) would put a copy of them on every stage
+    # its blocks land in: memory no bytes saved on a boundary pay for, so it is not offered.
+    # (Row regions are offered still: a whole causal decoder stack cut by tokens sends one
+    # hidden state, and its weights are the layers' own.)
+    params = sum(int(i.out_bytes) for i in graph.nodes() if i.is_param)
+
+    def heavy_weights(names: list[str]) -> bool:   # (cutting giants is the only way to balance)
+        return params > 0 and not giants and _weights_read(graph, names) > params / k
+
     out: list[Cut] = []
     for a, b, reg, _, ts in regions:
         lab = [p for p in range(a, b + 1) if lay.fx[p].name in reg.dims]
@@ -404,8 +433,9 @@ def plan_splits(graph: Graph, k: int, eps: float, speeds=None, strategy: str = "
     for i, ts in sorted(single.items()):
         if i in inside:         # a region found later covers this node: its cuts do
             continue
-        how = node_split_kind(lay.fx[i])
-        if how is None or how[0] < 2 or not _cheap_to_cut(lay.fx[i], how[1]):
+        how = node_cut_kind(lay.fx[i])
+        if how is None or how[0] < 2 or not _cheap_to_cut(lay.fx[i], how[1]) or \
+                heavy_weights([lay.fx[i].name]):
             continue
         cuts = sorted({c for t in around(ts)
                        if (c := _row_cut(t, lay.before[i], float(flops[i]), how[0]))})
@@ -440,7 +470,7 @@ def cuts_from_dicts(graph: Graph, records, source: str = "plan") -> list[Cut]:
                                 f"along dim {r['dim']} of {r['anchor']!r}")
             rows = region.rows
         else:
-            region, how = None, node_split_kind(fx[r["nodes"][0]])
+            region, how = None, node_cut_kind(fx[r["nodes"][0]])
             if len(r["nodes"]) != 1 or how is None:
                 raise PlanError(f"{where}: {r['nodes'][0]!r} is not a node that can be cut")
             rows = how[0]

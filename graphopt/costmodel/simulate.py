@@ -1,7 +1,7 @@
 """Step time of a training configuration (pipeline × data parallel), simulated rather than guessed.
 
-Needs: per-stage forward and backward seconds (:func:`stage_costs` derives them from a partitioned
-graph and a :class:`~graphopt.cost.DeviceSpec`: roofline per op plus per-op overhead), the bytes
+Needs: per-stage forward and backward seconds (:func:`graphopt.costmodel.stage_profile.stage_profile`
+derives them from a partitioned graph and a cost model), the bytes
 crossing each stage boundary per micro-batch, a link (alpha-beta), a schedule and ``M`` micro-batches.
 Guarantees: a timeline of every rank's actions that respects the dependencies and each rank's
 serial execution, from which the bubble is *measured* (idle share of the ranks' time), not taken
@@ -40,40 +40,32 @@ Model:
 
 Complexity: O(P·v·M) actions, each visited a bounded number of times.
 Example:
-    >>> from graphopt.cost import LinkSpec
+    >>> from graphopt.costmodel import LinkSpec
     >>> est = simulate_step([1e-3] * 4, [2e-3] * 4, [1 << 20] * 3, LinkSpec("l", 1e-5, 1e9),
     ...                     "1f1b", 8, dp=2, grad_bytes_per_stage=[4 << 20] * 4)
     >>> est.step_seconds, est.bubble, est.allreduce_seconds
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from graphopt.cost import DeviceSpec, LinkSpec, OpClass
-from graphopt.device_spec import node_seconds
+from graphopt.costmodel.collectives import (
+    DDP_BUCKET,
+    ddp_buckets,
+    parameter_server_seconds,
+    ring_allreduce_seconds,
+)
+from graphopt.costmodel.device import LinkSpec
+from graphopt.costmodel.optimizer import OPTIMIZER_STATE
 from graphopt.errors import PlanError
+from graphopt.schedules import ALL_SCHEDULES, Action, action_orders, placement, split_backward
 
-__all__ = ["SCHEDULES", "Action", "Event", "StepEstimate", "StageCosts", "schedule_actions", "placement",
-           "simulate_step", "ring_allreduce_seconds", "parameter_server_seconds", "ddp_buckets",
-           "stage_costs", "OPTIMIZER_STATE"]
+__all__ = ["SCHEDULES", "Action", "Event", "StepEstimate", "schedule_actions", "placement",
+           "simulate_step", "FREE_LINK"]
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero-bubble", "interleaved-zero-bubble")
-SPLIT_BACKWARD = ("zero-bubble", "interleaved-zero-bubble")   # backward split into B and W
+SCHEDULES = ALL_SCHEDULES
 RENDEZVOUS = ("gpipe", "1f1b")   # receives posted right before the action that consumes them
-DDP_FIRST_BUCKET, DDP_BUCKET = 1 << 20, 25 << 20   # torch DDP's defaults: 1 MiB, then 25 MiB
-OPTIMIZER_STATE = {"sgd": 0, "sgd-momentum": 1, "adamw": 2, "adam": 2}   # × parameter bytes
 FREE_LINK = LinkSpec("free", 0.0, float("inf"))
-
-
-@dataclass(frozen=True)
-class Action:
-    """One unit of a rank's schedule: ``F`` forward, ``B`` backward (input gradient in
-    zero-bubble), ``W`` weight gradient (zero-bubble only), of ``stage`` on ``microbatch``."""
-
-    kind: str
-    stage: int
-    microbatch: int
 
 
 @dataclass(frozen=True)
@@ -109,173 +101,26 @@ class StepEstimate:
     virtual_stages: int = 1
 
     def to_dict(self, with_events: bool = False) -> dict:
-        d = dataclasses.asdict(self)
+        d = asdict(self)
         if not with_events:
             del d["events"]
         return d
 
 
-# -- closed forms ----------------------------------------------------------------------------------
-def ring_allreduce_seconds(nbytes: float, n: int, link: LinkSpec) -> float:
-    """Ring all-reduce of ``nbytes`` over ``n`` ranks: ``2(n−1)(α + (m/n)β)`` (β = 1/bandwidth).
-
-    Reduce-scatter then all-gather, each ``n−1`` steps of one ``m/n`` chunk per rank.
-    """
-    if n <= 1 or nbytes <= 0:
-        return 0.0
-    return 2 * (n - 1) * (link.alpha + (nbytes / n) / link.beta)
-
-
-def parameter_server_seconds(nbytes: float, workers: int, link: LinkSpec, servers: int = 1) -> float:
-    """Push gradients to ``servers`` parameter servers and pull the parameters back.
-
-    Parameters are sharded evenly over the servers; every worker pushes ``m/S`` bytes to each of
-    the ``S`` servers, which then send the updated shards back. An endpoint handles its messages
-    one after another, so a phase lasts as long as its busiest endpoint: a worker (``S`` messages,
-    ``m`` bytes) or a server (``n`` messages, ``n·m/S`` bytes). Two phases::
-
-        T = 2 · max(S·α + m·β, n·α + (n·m/S)·β)
-
-    One server (``S = 1``) is ``2(nα + n·m·β)``: its link carries every worker's gradients, which
-    is why the ring (each rank sends ``2(n−1)m/n`` whatever ``n``) wins as ``n`` grows.
-    """
-    if workers <= 1 or nbytes <= 0:
-        return 0.0
-    if servers < 1:
-        raise PlanError(f"a parameter server needs at least 1 server, got {servers}")
-    inv = 1.0 / link.beta
-    worker = servers * link.alpha + nbytes * inv
-    server = workers * link.alpha + workers * nbytes / servers * inv
-    return 2 * max(worker, server)
-
-
-def ddp_buckets(nbytes: int, first: int = DDP_FIRST_BUCKET, cap: int = DDP_BUCKET) -> list[int]:
-    """Bucket sizes DDP all-reduces for ``nbytes`` of gradients (in the order they fire)."""
-    out, left = [], int(nbytes)
-    while left > 0:
-        size = min(left, first if not out else cap)
-        out.append(size)
-        left -= size
-    return out
-
-
 # -- action orders ---------------------------------------------------------------------------------
-def _interleaved(pp: int, m: int, v: int, rank: int, zero_bubble: bool) -> list[Action]:
-    """torch's ``_get_1f1b_rank_ops`` for ScheduleInterleaved1F1B / ScheduleInterleavedZeroBubble."""
-    rounds = max(1, m // pp)
-    if m % rounds:
-        raise PlanError(f"{'zero-bubble' if zero_bubble else 'interleaved'} needs micro-batches a "
-                        f"multiple of {rounds} (max(1, M // P)), got {m}")
-    per_round = m // rounds
-    factor = 1 if zero_bubble else 2
-    warmup = min((v - 1) * per_round + factor * (pp - 1 - rank), m * v)
-    total_mb_ops = v * m
-    fwd_bwd = total_mb_ops - warmup
-
-    def fwd_stage(step):
-        return ((step // per_round) % v) * pp + rank
-
-    def bwd_stage(step):
-        return (v - 1 - ((step - warmup) // per_round) % v) * pp + rank
-
-    next_mb = {"F": {}, "B": {}, "W": {}}
-
-    def take(kind, stage):
-        mb = next_mb[kind].get(stage, 0)
-        next_mb[kind][stage] = mb + 1
-        return Action(kind, stage, mb)
-
-    ops: list[Action] = []
-    backward_steps: list[int] = []
-    weights_done = 0
-    for step in range(warmup + fwd_bwd + warmup):
-        if step < warmup:
-            ops.append(take("F", fwd_stage(step)))
-            continue
-        if step < warmup + fwd_bwd:
-            ops.append(take("F", fwd_stage(step)))
-        ops.append(take("B", bwd_stage(step)))
-        backward_steps.append(step)
-        if zero_bubble and step - warmup >= rank:
-            ops.append(take("W", bwd_stage(backward_steps[weights_done])))
-            weights_done += 1
-    while zero_bubble and weights_done < len(backward_steps):
-        ops.append(take("W", bwd_stage(backward_steps[weights_done])))
-        weights_done += 1
-    return ops
-
-
-def _zbv(pp: int, m: int, rank: int) -> list[Action]:
-    """torch's ``ScheduleZBVZeroBubble._calculate_single_rank_operations`` (V placement)."""
-    n = max(2 * pp - 1, m)          # torch plans for at least 2P-1, then drops the extra ones
-    c0, c1 = rank, 2 * pp - 1 - rank
-    count: dict[tuple[str, int], int] = {}
-    ops: list[Action] = []
-
-    def put(*acts):
-        for kind, stage in acts:
-            ops.append(Action(kind, stage, count.get((kind, stage), 0)))
-            count[(kind, stage)] = count.get((kind, stage), 0) + 1
-    for _ in range(2 * (pp - rank) - 1):
-        put(("F", c0))
-    for _ in range(rank):
-        put(("F", c1), ("F", c0))
-    for _ in range(pp - rank):
-        put(("F", c1), ("B", c1), ("W", c1))
-    while count[("F", c1)] < count[("F", c0)] or count[("F", c0)] < n:
-        if count[("F", c0)] < n:
-            put(("F", c0))
-        put(("B", c0), ("W", c0), ("F", c1), ("B", c1), ("W", c1))
-    for _ in range(rank):
-        put(("B", c0), ("B", c1))
-    for _ in range(pp - rank):
-        put(("B", c0), ("W", c0))
-    for stage in (c1, c0):
-        while count[("W", stage)] < count[("B", stage)]:
-            put(("W", stage))
-    return [a for a in ops if a.microbatch < m]
-
-
-def placement(schedule: str, pp: int, virtual_stages: int = 1) -> list[int]:
-    """The rank of each of the ``pp·virtual_stages`` stages (a V for ``zero-bubble``)."""
-    if schedule == "zero-bubble":
-        return [s if s < pp else 2 * pp - 1 - s for s in range(2 * pp)]
-    return [s % pp for s in range(pp * virtual_stages)]
-
-
 def schedule_actions(schedule: str, pp: int, microbatches: int,
                      virtual_stages: int = 1) -> list[list[Action]]:
-    """Each rank's ordered actions under ``schedule``, as torch's schedule classes order them.
+    """Each rank's ordered actions under ``schedule``: :func:`graphopt.schedules.action_orders`,
+    read from torch's schedule classes.
 
     Example:
         >>> [f"{a.kind}{a.microbatch}" for a in schedule_actions("1f1b", 2, 3)[0]]
         ['F0', 'F1', 'B0', 'F2', 'B1', 'B2']
     """
-    if schedule not in SCHEDULES:
-        raise PlanError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     if pp < 1 or microbatches < 1 or virtual_stages < 1:
         raise PlanError(f"pp, micro-batches and stages per rank must be >= 1, got {pp}, "
                         f"{microbatches}, {virtual_stages}")
-    m = microbatches
-    if schedule in ("gpipe", "1f1b") and virtual_stages != 1:
-        raise PlanError(f"{schedule} runs one stage per rank; use interleaved for {virtual_stages}")
-    if schedule == "zero-bubble" and virtual_stages != 2:
-        raise PlanError(f"zero-bubble (ZBV) runs exactly 2 stages per rank, got {virtual_stages}")
-    orders = []
-    for r in range(pp):
-        if schedule == "gpipe":
-            orders.append([Action("F", r, i) for i in range(m)] + [Action("B", r, i) for i in range(m)])
-        elif schedule == "1f1b":
-            warm = min(m, pp - r)
-            ops = [Action("F", r, i) for i in range(warm)]
-            for b in range(m):     # one backward, then the next forward while any is left
-                ops += [Action("B", r, b)] + ([Action("F", r, warm + b)] if warm + b < m else [])
-            orders.append(ops)
-        elif schedule == "zero-bubble":
-            orders.append(_zbv(pp, m, r))
-        else:
-            orders.append(_interleaved(pp, m, virtual_stages, r, schedule in SPLIT_BACKWARD))
-    return orders
+    return action_orders(schedule, pp, virtual_stages, microbatches)
 
 
 # -- the timeline ----------------------------------------------------------------------------------
@@ -514,7 +359,7 @@ def simulate_step(stage_fwd_s, stage_bwd_s, boundary_bytes, link: LinkSpec | Non
     if optimizer not in OPTIMIZER_STATE:
         raise PlanError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATE)}")
     link = link or FREE_LINK
-    zb = schedule in SPLIT_BACKWARD and not forward_only
+    zb = split_backward(schedule) and not forward_only
     orders = schedule_actions(schedule, pp, microbatches, virtual_stages)
     place = placement(schedule, pp, virtual_stages)
     on_rank = [[s for s in range(nstages) if place[s] == r] for r in range(pp)]
@@ -554,48 +399,3 @@ def simulate_step(stage_fwd_s, stage_bwd_s, boundary_bytes, link: LinkSpec | Non
                         events=events, peak_activation_bytes=peak_act, memory_bytes=memory,
                         schedule=schedule, microbatches=microbatches, pp=pp, dp=dp,
                         virtual_stages=virtual_stages)
-
-
-# -- stage costs from a partitioned graph ---------------------------------------------------------
-@dataclass
-class StageCosts:
-    """Per-stage inputs of :func:`simulate_step`, derived from a partitioned graph."""
-
-    fwd_s: list[float]
-    bwd_s: list[float]
-    boundary_bytes: list[int]      # bytes stage s+1 receives from earlier stages, per micro-batch
-    param_bytes: list[int]         # parameters (and buffers) each stage holds
-    act_bytes: list[int]           # activations a stage keeps from forward for backward
-
-
-def stage_costs(graph, spec: DeviceSpec, k: int, backward_factor: float = 2.0) -> StageCosts:
-    """Stage times and bytes of a graph whose nodes carry ``part`` (a pipeline plan applied).
-
-    A backward costs ``backward_factor`` times its forward (two matmuls per forward matmul: the
-    input and the weight gradient); pass measured backward times to :func:`simulate_step`
-    instead when you have them.
-    """
-    fwd, act = [0.0] * k, [0] * k
-    for info in graph.nodes():
-        if info.is_param:
-            continue
-        if info.part is None or not 0 <= info.part < k:
-            raise PlanError(f"node {info.name} has stage {info.part}, not one of 0..{k - 1}: apply "
-                            "a pipeline plan first")
-        fwd[info.part] += node_seconds(info, spec)
-        if info.op == "call_function" and info.op_class != OpClass.VIEW:
-            act[info.part] += info.out_bytes
-    held: list[set[str]] = [set() for _ in range(k)]        # parameters each stage uses
-    received: list[set[str]] = [set() for _ in range(k)]    # values it gets from earlier stages
-    for src, dst, _ in graph.edges():
-        s, d = graph[src], graph[dst]
-        if d.is_param:
-            continue
-        if s.is_param:
-            held[d.part].add(src)
-        elif s.part < d.part:
-            received[d.part].add(src)
-    params = [sum(graph[n].out_bytes for n in h) for h in held]
-    boundary = [sum(graph[n].out_bytes for n in received[s + 1]) for s in range(k - 1)]
-    return StageCosts(fwd_s=fwd, bwd_s=[backward_factor * f for f in fwd], boundary_bytes=boundary,
-                      param_bytes=params, act_bytes=act)

@@ -1,7 +1,8 @@
 """``device.json`` (schema ``graphopt.device/1``): what ``graphopt calibrate`` measured on a machine.
 
-The presets in :mod:`graphopt.cost` are datasheet guesses; on a small CPU they are off by an order
-of magnitude or more (peak FLOP/s of a 16-core part, no dispatch overhead, a made-up loopback link).
+The presets in :mod:`graphopt.costmodel.presets` are datasheet guesses; on a small CPU they are
+off by an order of magnitude or more (peak FLOP/s of a 16-core part, no dispatch overhead, a
+made-up loopback link).
 A device file replaces them with numbers measured on the machine the work will run on, so every
 estimate (stage times, pipeline bubbles, all-reduce time) starts from rates that were observed.
 
@@ -27,21 +28,20 @@ gives the per-hop ring parameters that reproduce it through ``T = 2(n−1)(α + 
 what extrapolates to other world sizes.
 
 Example:
-    >>> spec = load_device_spec("device.json")      # a graphopt.cost.DeviceSpec
+    >>> spec = load_device_spec("device.json")      # a graphopt.costmodel.DeviceSpec
     >>> spec.matmul_peak("float32"), spec.launch_seconds, spec.p2p_link.seconds(1 << 20)
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
 
-from graphopt.cost import DeviceSpec, LinkSpec, OpClass, roofline_seconds
+from graphopt.costmodel.device import DeviceSpec, LinkSpec
 from graphopt.errors import GraphoptError
 
 __all__ = ["SCHEMA", "DeviceSpecError", "load_device_spec", "save_device_spec", "spec_from_dict",
-           "validate_device_doc", "current_device_type", "matmul_rate", "node_seconds"]
+           "validate_device_doc", "current_device_type"]
 
 SCHEMA = "graphopt.device/1"
 DEVICE_TYPES = ("cpu", "cuda")
@@ -140,7 +140,7 @@ def validate_device_doc(doc, where: str = "device spec") -> dict:
 
 
 def spec_from_dict(doc: dict, where: str = "device spec") -> DeviceSpec:
-    """The :class:`~graphopt.cost.DeviceSpec` a validated document describes."""
+    """The :class:`~graphopt.costmodel.device.DeviceSpec` a validated document describes."""
     validate_device_doc(doc, where)
     matmul = doc["compute"]["matmul"]
     peaks = {name: float(m["best_flops_per_s"]) for name, m in matmul.items()}
@@ -162,6 +162,7 @@ def spec_from_dict(doc: dict, where: str = "device spec") -> DeviceSpec:
     compute = doc["compute"]
     attention = ((compute.get("attention") or {}).get("float32") or {}).get("sizes") or []
     random_rate = compute.get("random_elements_per_s")
+    created = str((doc.get("calibration") or {}).get("created") or "")[:10]
     return DeviceSpec(
         name=str(doc.get("name") or f"calibrated {doc['device_type']}"),
         matmul_flops=peaks, vector_flops=float(doc["compute"]["vector_flops_per_s"]),
@@ -172,11 +173,12 @@ def spec_from_dict(doc: dict, where: str = "device spec") -> DeviceSpec:
         p2p_link=p2p, allreduce_link=ar, device_type=doc["device_type"],
         attention_curve=tuple(sorted((float(r["flops"]), float(r["flops_per_s"]))
                                      for r in attention)),
-        random_rate=float(random_rate) if isinstance(random_rate, (int, float)) else 0.0)
+        random_rate=float(random_rate) if isinstance(random_rate, (int, float)) else 0.0,
+        calibrated=created or "date unknown")
 
 
 def load_device_spec(path, *, device_type: str | None = None) -> DeviceSpec:
-    """Read a ``device.json`` into a :class:`~graphopt.cost.DeviceSpec` (links included).
+    """Read a ``device.json`` into a :class:`~graphopt.costmodel.device.DeviceSpec` (links included).
 
     Args:
         path: the file ``graphopt calibrate`` wrote.
@@ -215,56 +217,3 @@ def save_device_spec(doc: dict, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
-
-
-def matmul_rate(spec: DeviceSpec, dtype: str, flops: float) -> float:
-    """FLOP/s a matmul of ``flops`` FLOPs reaches: the measured curve, interpolated in log-FLOPs.
-
-    Below the smallest measured size the smallest size's rate applies, above the largest the
-    largest's; without a curve (datasheet presets) the dtype's peak.
-    """
-    curve = spec.matmul_curve.get(dtype)
-    if curve is None and dtype not in spec.matmul_flops:   # an unmeasured dtype runs as float32
-        curve = spec.matmul_curve.get("float32")
-    if not curve or flops <= 0:
-        return spec.matmul_peak(dtype)
-    return curve_rate(curve, flops)
-
-
-def curve_rate(curve, flops: float) -> float:
-    """A measured ``((flops, rate), ...)`` curve read at ``flops``: interpolated in log-FLOPs,
-    the end rates beyond its ends."""
-    if flops <= curve[0][0]:
-        return curve[0][1]
-    for (f0, r0), (f1, r1) in zip(curve, curve[1:]):
-        if flops <= f1:
-            w = (math.log(flops) - math.log(f0)) / (math.log(f1) - math.log(f0))
-            return r0 + w * (r1 - r0)
-    return curve[-1][1]
-
-
-def node_seconds(info, spec: DeviceSpec) -> float:
-    """One node's time: the roofline on ``spec`` plus the per-op overhead.
-
-    Matmul-class ops run at the rate measured for their size (``spec.matmul_curve``) instead of
-    the peak, attention at the fused attention op's measured rate where the spec has one
-    (``spec.attention_curve``), views pay the dispatcher only (``spec.view_seconds``), random
-    draws (dropout's, in attention too) cost ``1 / spec.random_rate`` each on top, and
-    parameters are free.
-    """
-    if info.op != "call_function" or info.is_param:
-        return 0.0
-    if info.op_class == OpClass.VIEW:
-        return spec.view_seconds
-    dtype = info.dtype or "float32"
-    if info.op_class == OpClass.ATTENTION and spec.attention_curve and info.flops > 0:
-        spec = dataclasses.replace(spec, matmul_flops={dtype: curve_rate(spec.attention_curve,
-                                                                         info.flops)})
-    elif info.op_class in (OpClass.MATMUL, OpClass.CONV, OpClass.ATTENTION) and spec.matmul_curve:
-        spec = dataclasses.replace(spec, matmul_flops={dtype: matmul_rate(spec, dtype, info.flops)})
-    t = roofline_seconds(info.flops, info.bytes_read + info.bytes_written, info.op_class, dtype,
-                         spec)
-    draws = (getattr(info, "extra", None) or {}).get("draws", 0)
-    if draws and spec.random_rate > 0:
-        t += draws / spec.random_rate
-    return t if t > 0 else spec.launch_seconds

@@ -3,20 +3,22 @@
 A configuration runs the model's training graph (model plus loss) captured at the micro-batch
 size ``batch / (dp * M)``, split into ``pp * v`` stages. :class:`ModelCosts` keeps, per model:
 
-* one capture per micro-batch size (:func:`graphopt.distributed.trainer.prepare_model`, the
+* one capture per micro-batch size (:func:`graphopt.planner.training.prepare_model`, the
   runtime's own: the loss a model needs is added the same way);
-* the device spec with its measured matmul curves made non-decreasing (:func:`monotone_rates`);
+* the device spec with its measured matmul curves made non-decreasing
+  (:func:`graphopt.costmodel.target.monotone_rates`);
 * one pipeline plan per stage count ``k``, made once by the runtime's partitioner
-  (:func:`graphopt.distributed.train_cost.plan_training`, forward+backward weights) on the graph
+  (:func:`graphopt.planner.training.plan_training`, forward+backward weights) on the graph
   at the global batch and applied to the graph of every micro-batch size by node name (the
   graphs differ only in their shapes); a graph whose names differ is partitioned itself;
-* the :class:`~graphopt.distributed.plan_costs.StageProfile` of each (k, micro-batch size);
+* the :class:`~graphopt.costmodel.stage_profile.StageProfile` of each (k, micro-batch size);
 * with a calibrated CPU spec, the model's training step timed at each micro-batch size and
-  thread count (:mod:`graphopt.distributed.plan_profile`): factors on the spec's forward and
+  thread count (:mod:`graphopt.planner.profile`): factors on the spec's forward and
   backward sums;
-* for each remat budget fraction ``f``, what the remat planner (:mod:`graphopt.memory.remat`,
-  greedy solver, on the training step at the global batch) saves and recomputes: the share of
-  saved activations kept and the recompute FLOPs over the forward FLOPs. Each stage's saved
+* for each memory budget (:class:`~graphopt.parallel.MemoryBudget`: a fraction ``f`` of the
+  saved activations, or bytes), what the remat planner (:mod:`graphopt.memory.remat`, greedy
+  solver, on the training step at the global batch) saves and recomputes: the share of saved
+  activations kept and the recompute FLOPs over the forward FLOPs. Each stage's saved
   activations are scaled by the first and its backward grows by the second times its forward:
   a per-model ratio applied to every stage, which is the simplification.
 
@@ -25,18 +27,27 @@ Every cache is filled on first use, in a fixed order, so a plan is the same for 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from graphopt.cost import get_device
-from graphopt.distributed.plan_costs import StageProfile, stage_profile
+from graphopt.costmodel.stage_profile import StageProfile, stage_profile
+from graphopt.costmodel.target import as_cost_model
+from graphopt.distributed.job import TrainConfig
 from graphopt.errors import GraphoptError, PlanError
+from graphopt.memory.joint import capture_joint
+from graphopt.op_table import OpClass
+from graphopt.parallel import MemoryBudget
+from graphopt.partition.costgraph import CostGraph
+from graphopt.partition.plan import Partition
+from graphopt.passes import PassContext
+from graphopt.passes.rematerialize import rematerialize
+from graphopt.planner.profile import measured_scale, times_steps
+from graphopt.planner.training import plan_training, prepare_model
 
-__all__ = ["ModelCosts", "RematEffect", "monotone_rates"]
+__all__ = ["ModelCosts", "RematEffect"]
 
 _IMBALANCES = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -63,30 +74,11 @@ def _native_stdout_silenced():
 
 @dataclass(frozen=True)
 class RematEffect:
-    """What a remat budget does to a training step (ratios of the no-remat step)."""
+    """What a memory budget does to a training step (ratios of the no-remat step)."""
 
-    fraction: float
+    budget: MemoryBudget
     kept: float          # saved activation bytes kept / without remat
     recompute: float     # recomputed FLOPs / forward FLOPs
-
-
-def monotone_rates(spec):
-    """``spec`` with each measured matmul curve replaced by its running maximum over size.
-
-    A larger matmul is not less efficient per FLOP than a smaller one on the same device; a
-    measured curve that dips with size (a busy host stole the core during one size) would make
-    every larger micro-batch look slower than it runs. Presets (no curve) are returned as is.
-    """
-    if not getattr(spec, "matmul_curve", None):
-        return spec
-    curves = {}
-    for dtype, points in spec.matmul_curve.items():
-        best, out = 0.0, []
-        for flops, rate in sorted(points):
-            best = max(best, rate)
-            out.append((flops, best))
-        curves[dtype] = tuple(out)
-    return dataclasses.replace(spec, matmul_curve=curves)
 
 
 class ModelCosts:
@@ -94,9 +86,9 @@ class ModelCosts:
 
     Args:
         loaded: a :class:`~graphopt.specs.LoadedModel`.
-        device: a device key of :data:`graphopt.cost.DEVICES` (a calibrated spec registered
+        device: a device key of :data:`graphopt.costmodel.presets.DEVICES` (a calibrated spec registered
             there by ``--device-spec``).
-        link: a link key of :data:`graphopt.cost.LINKS` for the partitioner, or None.
+        link: a link key of :data:`graphopt.costmodel.presets.LINKS` for the partitioner, or None.
         optimizer, seed, imbalance, capture_mode: as ``graphopt train`` takes them.
         captures: another ModelCosts of the same model and seed whose captures to share (the
             graphs do not depend on the device; the plans do).
@@ -106,22 +98,23 @@ class ModelCosts:
         >>> costs.batch, costs.layers, costs.profile(2, costs.batch // 4).fwd_s
     """
 
-    def __init__(self, loaded, device: str, *, link: str | None = None, optimizer: str = "sgd",
+    def __init__(self, loaded, device, *, link: str | None = None, optimizer: str = "sgd",
                  seed: int = 0, imbalance: float = 0.03, capture_mode: str = "auto",
                  captures: ModelCosts | None = None, time_steps: bool | None = None) -> None:
-        self.loaded, self.device, self.link = loaded, device, link
-        self.spec = monotone_rates(get_device(device))
-        from graphopt.distributed.plan_profile import times_steps
+        self.cost_model = as_cost_model(device, link)
+        self.loaded, self.link = loaded, link
+        self.device = self.cost_model.target.key
+        self.spec = self.cost_model.spec
         self.time_steps = times_steps(self.spec) if time_steps is None else time_steps
         self._scales: dict[tuple[int, int], tuple[float, float]] = {}
         self.optimizer, self.seed, self.imbalance = optimizer, seed, imbalance
         self.capture_mode = capture_mode
         self._plans: dict[tuple[int, int], object] = {}
         self._profiles: dict[tuple[int, int], StageProfile] = {}
-        self._remat: dict[float, RematEffect | None] = {}
+        self._remat: dict[MemoryBudget, RematEffect | None] = {}
         self.notes: list[str] = []
         self.imbalance_used: dict[int, float] = {}
-        # world size -> the engine's measured costs (graphopt.distributed.plan_engine), if any
+        # world size -> the engine's measured costs (graphopt.planner.engine), if any
         self.engines: dict[int, object] = {}
         if captures is not None:
             self.batch: int = captures.batch
@@ -133,13 +126,11 @@ class ModelCosts:
 
     # -- graphs ------------------------------------------------------------------------------------
     def _prepare(self, microbatches: int):
-        from graphopt.distributed.job import TrainConfig
-        from graphopt.distributed.trainer import prepare_model
-        cfg = TrainConfig(pp=1, seed=self.seed, microbatches=microbatches)
+        cfg = TrainConfig.of(pp=1, seed=self.seed, microbatches=microbatches)
         return prepare_model(self.loaded, cfg, capture_mode=self.capture_mode)
 
     def prepared(self, micro: int):
-        """The runtime's :class:`~graphopt.distributed.trainer.Prepared` at ``micro`` samples
+        """The runtime's :class:`~graphopt.planner.training.Prepared` at ``micro`` samples
         per micro-batch: the training graph captured at that size and the steps' data."""
         if micro not in self._prepared:
             if micro < 1 or self.batch % micro:
@@ -157,7 +148,6 @@ class ModelCosts:
     def layers(self) -> int:
         """Weight layers: matmul, convolution and attention nodes. A stage needs at least one,
         so ``pp * v`` stages are offered only up to this many."""
-        from graphopt.cost import OpClass
         heavy = (OpClass.MATMUL, OpClass.CONV, OpClass.ATTENTION)
         return sum(1 for i in self.graph.nodes() if i.op == "call_function"
                    and not i.is_param and i.op_class in heavy)
@@ -173,16 +163,15 @@ class ModelCosts:
         """The runtime's partitioner; where one node outweighs a stage's share it allows the
         imbalance the graph needs (a larger one in turn), since the pipeline is only as fast
         as its slowest stage either way, and says so in a note."""
-        from graphopt.distributed.train_cost import plan_training
         error = None
         for imbalance in (self.imbalance,) + tuple(i for i in _IMBALANCES if i > self.imbalance):
             try:
                 with _native_stdout_silenced():
                     plan = plan_training(graph, k=k, schedule="1f1b",
                                          microbatches=max(4, k),
-                                         device=self.device, optimizer=self.optimizer,
-                                         memory_cap=None, imbalance=imbalance,
-                                         seed=self.seed, link=self.link,
+                                         cost_model=self.cost_model,
+                                         optimizer=self.optimizer, memory_cap=None,
+                                         imbalance=imbalance, seed=self.seed,
                                          model=self.loaded.spec)[0]
             except PlanError as exc:
                 if "imbalance" not in str(exc):
@@ -200,14 +189,12 @@ class ModelCosts:
     def plan(self, k: int, micro: int | None = None):
         """The pipeline :class:`~graphopt.partition.plan.Partition` of ``k`` stages for the graph
         at ``micro`` samples per micro-batch (the global-batch plan, renamed onto it)."""
-        from graphopt.partition.costgraph import CostGraph
-        from graphopt.partition.plan import Partition
         micro = self.batch if micro is None else micro
         if (k, micro) in self._plans:
             return self._plans[(k, micro)]
         graph = self.prepared(micro).graph
         if k == 1:
-            cg = CostGraph.from_graph(graph, self.device)
+            cg = CostGraph.from_graph(graph, self.cost_model)
             plan = Partition(model=self.loaded.spec, k=1, mode="pipeline", cost_graph=cg,
                              part=np.zeros(len(cg.names), dtype=np.int64), method="single stage")
         elif micro == self.batch:
@@ -216,7 +203,7 @@ class ModelCosts:
             ref = self.plan(k, self.batch)
             parts = ref.parts
             if set(parts) == set(graph.info):
-                cg = CostGraph.from_graph(graph, self.device)
+                cg = CostGraph.from_graph(graph, self.cost_model)
                 plan = Partition(model=ref.model, k=k, mode="pipeline", cost_graph=cg,
                                  part=np.array([parts[n] for n in cg.names], dtype=np.int64),
                                  method=ref.method, options=ref.options, notes=ref.notes)
@@ -232,7 +219,7 @@ class ModelCosts:
         if (k, micro) not in self._profiles:
             graph = self.prepared(micro).graph
             self._profiles[(k, micro)] = stage_profile(graph, self.plan(k, micro).parts, k,
-                                                       self.spec)
+                                                       self.cost_model)
         return self._profiles[(k, micro)]
 
     def step_scale(self, micro: int, threads: int) -> tuple[float, float]:
@@ -240,7 +227,6 @@ class ModelCosts:
         if not self.time_steps:
             return 1.0, 1.0
         if (micro, threads) not in self._scales:
-            from graphopt.distributed.plan_profile import measured_scale
             prof = self.profile(1, micro)
             self._scales[(micro, threads)] = measured_scale(
                 self.prepared(micro), sum(prof.fwd_s), sum(prof.bwd_s), threads,
@@ -248,34 +234,33 @@ class ModelCosts:
         return self._scales[(micro, threads)]
 
     # -- rematerialization -------------------------------------------------------------------------
-    def remat(self, fraction: float) -> RematEffect | None:
-        """What the remat planner saves at ``fraction`` of the saved activations; None when it
+    def remat(self, budget) -> RematEffect | None:
+        """What the remat planner saves under ``budget`` (a :class:`MemoryBudget`, or what
+        :meth:`MemoryBudget.parse` reads: ``0.5`` is half the saved activations); None when it
         cannot plan this model (the note says why)."""
-        if fraction not in self._remat:
-            self._remat[fraction] = self._plan_remat(fraction)
-        return self._remat[fraction]
+        budget = MemoryBudget.parse(budget, option="memory budget")
+        if budget not in self._remat:
+            self._remat[budget] = self._plan_remat(budget)
+        return self._remat[budget]
 
-    def _plan_remat(self, fraction: float) -> RematEffect | None:
-        from graphopt.memory.joint import capture_joint
-        from graphopt.passes import PassContext
-        from graphopt.passes.rematerialize import rematerialize
+    def _plan_remat(self, budget: MemoryBudget) -> RematEffect | None:
         graph = self.graph
         try:
             joint = capture_joint(graph, list(self.prepared(self.batch).batches.example))
-            ctx = PassContext(options={"memory_budget": fraction,
+            ctx = PassContext(options={"memory_budget": budget.value,
                                        "num_fwd_outputs": joint.num_fwd_outputs,
-                                       "remat_solver": "greedy", "remat_device": self.device},
-                              seed=self.seed, device=self.device)
+                                       "remat_solver": "greedy"},
+                              seed=self.seed, device=self.cost_model)
             rematerialize(joint.graph, ctx)
         except (GraphoptError, RuntimeError, ValueError) as exc:
-            self.notes.append(f"memory budget {fraction:g} left out: the remat planner could not "
+            self.notes.append(f"memory budget {budget} left out: the remat planner could not "
                               f"plan {self.loaded.spec}: {str(exc).splitlines()[0][:160]}")
             return None
         rep = ctx.artifacts.get("remat")
         if rep is None or not rep.baseline_saved_bytes:
-            self.notes.append(f"memory budget {fraction:g} left out: {self.loaded.spec} saves "
+            self.notes.append(f"memory budget {budget} left out: {self.loaded.spec} saves "
                               "nothing for its backward pass")
             return None
         kept = rep.saved_bytes / rep.baseline_saved_bytes
         recompute = rep.recompute_flops / max(graph.total_flops, 1)
-        return RematEffect(fraction=fraction, kept=float(kept), recompute=float(recompute))
+        return RematEffect(budget=budget, kept=float(kept), recompute=float(recompute))

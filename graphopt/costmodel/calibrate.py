@@ -1,4 +1,4 @@
-"""Measure this machine into a ``graphopt.device/1`` document (see :mod:`graphopt.device_spec`).
+"""Measure this machine into a ``graphopt.device/1`` document (see :mod:`graphopt.costmodel.device_file`).
 
 What is measured, and why that way:
 
@@ -23,11 +23,12 @@ On a CPU all ranks measure compute at the same time with ``cores // world`` thre
 that is how a training run on this host shares its cores and memory bandwidth: the rates are per
 process under that sharing. Every wait has a timeout; a worker that hangs is terminated.
 
-Processes start through :func:`graphopt.distributed.launch.run_workers` (spawn, gloo or NCCL on
+Processes start through :func:`graphopt.launch.run_workers` (spawn, gloo or NCCL on
 127.0.0.1, one limit for the whole job).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -37,9 +38,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
-from graphopt.device_spec import SCHEMA, current_device_type
+from graphopt.cost import node_flops
+from graphopt.costmodel.device_file import SCHEMA, current_device_type
 from graphopt.errors import GraphoptError
+from graphopt.launch import WorkerError, run_workers
 
 __all__ = ["CalibrationError", "calibrate", "fit_alpha_beta", "machine_info", "cache_path",
            "LINK_SIZES", "QUICK_LINK_SIZES"]
@@ -56,7 +61,6 @@ class CalibrationError(GraphoptError):
 # -- timing -----------------------------------------------------------------------------------------
 def _sync(device: str):
     if device == "cuda":
-        import torch
         return torch.cuda.synchronize
     return lambda: None
 
@@ -113,9 +117,7 @@ def _vector_rates(dev, device: str, budget: float) -> dict[str, float]:
     :func:`graphopt.cost.node_flops` counts them: the roofline then reproduces the mix's times.
     Activation-sized tensors (1 MiB on a CPU), outputs allocated and freed as in a model.
     """
-    import torch
 
-    from graphopt.cost import node_flops
     aten = torch.ops.aten
     x = torch.randn((64 if device == "cuda" else 1) * MIB // 4 // 256, 256, device=dev)
     cases = {"mul": (aten.mul.Tensor, (x, x)), "exp": (aten.exp.default, (x,)),
@@ -131,7 +133,6 @@ def _vector_rates(dev, device: str, budget: float) -> dict[str, float]:
 def _chain(op, length: int, dev):
     """A ``torch.fx`` module of ``length`` ATen calls of ``op`` on a one-element tensor that
     requires grad, as a stage runs its graph in training (returns a function to time)."""
-    import torch
     graph = torch.fx.Graph()
     x = graph.placeholder("x")
     for _ in range(length):
@@ -145,9 +146,7 @@ def _chain(op, length: int, dev):
 def _attention_rates(dev, device: str, budget: float) -> list[dict]:
     """FLOP/s of the fused attention op (causal, no dropout) at (batch x heads, tokens, head
     dim) shapes from small LMs up, FLOPs counted as :func:`graphopt.cost.node_flops` counts."""
-    import torch
 
-    from graphopt.cost import node_flops
     op = torch.ops.aten.scaled_dot_product_attention.default
     shapes = [(16, 64, 32), (16, 128, 64), (32, 256, 64)] + \
         ([(64, 1024, 64), (64, 2048, 128)] if device == "cuda" else [])
@@ -164,7 +163,6 @@ def _attention_rates(dev, device: str, budget: float) -> list[dict]:
 
 def measure_compute(device: str, quick: bool, progress: bool = False) -> dict:
     """The ``compute``, ``memory`` and ``overhead`` sections, measured in this process."""
-    import torch
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     budget = 0.1 if quick else 0.4
     matmul = {}
@@ -236,8 +234,6 @@ def _link_plan(nbytes: int, quick: bool) -> tuple[int, int]:
 def measure_links(rank: int, world: int, device: str, sizes: list[int], quick: bool,
                   progress: bool = False) -> dict:
     """Per size, this rank's seconds per op of a ring shift and of an all-reduce, per round."""
-    import torch
-    import torch.distributed as dist
     dev = torch.device(f"cuda:{rank}") if device == "cuda" else torch.device("cpu")
     sync = _sync(device)
     out = {"p2p": {}, "allreduce": {}}
@@ -313,7 +309,6 @@ def _link_section(kind: str, per_rank: list[dict], world: int, backend: str) -> 
 # -- processes --------------------------------------------------------------------------------------
 def _measure_rank(rank: int, world: int, cfg: dict) -> dict:
     """One rank's measurements (runs inside the process group :func:`run_workers` set up)."""
-    import torch.distributed as dist
     device, backend = cfg["device"], cfg["backend"]
     result = {}
     # On a CPU every rank measures at once (they share the cores, as training does); on GPUs
@@ -329,7 +324,6 @@ def _measure_rank(rank: int, world: int, cfg: dict) -> dict:
 
 def _spawn(world: int, cfg: dict, timeout_s: float) -> list[dict]:
     """Every rank's measurements, from ``world`` processes of this host, or CalibrationError."""
-    from graphopt.distributed.launch import WorkerError, run_workers
     try:
         return run_workers(_measure_rank, world, (cfg,), timeout_s=timeout_s,
                            backend=cfg["backend"], threads=cfg["threads"])
@@ -350,7 +344,6 @@ def _cpu_model() -> str:
 
 def machine_info(world: int, device: str | None = None) -> dict:
     """What identifies the machine a spec was measured on (also the cache key's parts)."""
-    import torch
     device = device or current_device_type()
     cores = os.cpu_count() or 1
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
@@ -421,7 +414,6 @@ def calibrate(world: int = 2, *, quick: bool = False, progress: bool = False,
         >>> doc = calibrate(world=2)
         >>> doc["links"]["allreduce"]["ring_alpha_s"], doc["compute"]["matmul"]["float32"]
     """
-    import torch
     if world < 1:
         raise CalibrationError(f"--world must be at least 1, got {world}")
     device = device or current_device_type()
@@ -469,7 +461,6 @@ def cache_path(world: int, *, quick: bool = False, device: str | None = None) ->
     Keyed by hostname, CPU model, torch version, device type and world size: a different
     machine, a torch upgrade or another world size measures afresh.
     """
-    import hashlib
     info = machine_info(world, device)
     parts = [info["hostname"], info["cpu_model"], info["gpu_model"] or "", info["torch_version"],
              info["device_type"], f"w{world}", "quick" if quick else "full"]

@@ -22,7 +22,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+from graphopt.distributed.job import TrainConfig
+from graphopt.distributed.trainer import run_jobs
 from graphopt.errors import GraphoptError
+from graphopt.launch import WorkerError
+from graphopt.planner.training import make_job
 
 __all__ = ["measure", "training_job", "rank_agreement", "MeasureError"]
 
@@ -33,15 +37,12 @@ class MeasureError(GraphoptError):
 
 def training_job(costs, cand, *, steps: int, timeout_s: float):
     """The runtime's job for ``cand``: its configuration on the stage plan it was priced with."""
-    from graphopt.distributed.job import TrainConfig
-    from graphopt.distributed.trainer import make_job
     c = cand.config
-    micro = c.micro(costs.batch)
-    cfg = TrainConfig(pp=c.pp, dp=c.dp, schedule=c.schedule, microbatches=c.microbatches,
-                      steps=steps, optimizer=costs.optimizer, virtual=c.virtual, seed=costs.seed,
+    micro = c.microbatch_size or c.split_batch(costs.batch)
+    cfg = TrainConfig(c, steps=steps, optimizer=costs.optimizer, seed=costs.seed,
                       timeout_s=timeout_s)
-    job, _ = make_job(costs.prepared(micro), cfg, plan=costs.plan(c.stages, micro),
-                      device=costs.device, link=costs.link)
+    job, _ = make_job(costs.prepared(micro), cfg, plan=costs.plan(c.n_stages, micro),
+                      cost_model=costs.cost_model)
     return job
 
 
@@ -53,14 +54,12 @@ def measure(costs, candidates, *, steps: int = 4, timeout_s: float = 300.0,
     Raises:
         MeasureError: a launch failed; the message names the configurations it held.
     """
-    from graphopt.distributed.launch import WorkerError
-    from graphopt.distributed.trainer import run_jobs
     if steps < 2:
         raise GraphoptError(f"measuring needs at least 2 steps (the first warms up), got {steps}")
     by_world: dict[int, list[int]] = defaultdict(list)
     for i, cand in enumerate(candidates):
         if cand.config.memory_budget is None:
-            by_world[cand.config.devices].append(i)
+            by_world[cand.config.world_size].append(i)
     out: list[float | None] = [None] * len(candidates)
     for world in sorted(by_world):
         idx = by_world[world]
