@@ -26,7 +26,6 @@ from graphopt.costmodel.device import DeviceSpec, LinkSpec
 from graphopt.costmodel.node_time import node_seconds
 from graphopt.costmodel.optimizer import optimizer_seconds, state_factor
 from graphopt.costmodel.presets import DEVICES, default_link, get_device, get_link
-from graphopt.op_table import backward_factor
 
 __all__ = ["Target", "CostModel", "as_cost_model", "monotone_rates", "short_name"]
 
@@ -144,13 +143,10 @@ class CostModel:
         """One node's forward seconds: measured curves where the spec has them, else roofline."""
         return node_seconds(info, self.spec)
 
-    def backward_seconds(self, info, factor: float | None = None) -> float:
-        """One node's backward seconds: ``factor`` (from
-        :func:`graphopt.costmodel.backward.backward_factors`, which knows which operands need a
-        gradient) times its forward, else its op-table factor (matmul: both operands)."""
-        if factor is None:
-            factor = backward_factor(info.target, info.op_class)
-            factor = 2.0 if factor is None else factor
+    def backward_seconds(self, info, factor: float) -> float:
+        """One node's backward seconds: ``factor`` times its forward. The factor comes from
+        :func:`graphopt.costmodel.backward.backward_factors`, which reads the op table and knows
+        which operands of a matmul need a gradient (only the graph can say)."""
         return float(factor) * self.node_seconds(info)
 
     # -- communication -----------------------------------------------------------------------------
